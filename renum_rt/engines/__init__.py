@@ -1,0 +1,24 @@
+"""Storage and fan-out engines: one interface (``base.Engine``), two implementations.
+
+``memory.MemoryEngine`` keeps everything in this process (the default, nothing to
+install); ``redis.RedisEngine`` keeps it in Redis so it survives restarts and is shared
+by several gateway processes. ``make_engine`` picks one from the settings.
+"""
+
+from __future__ import annotations
+
+from .base import Engine, EngineUnavailable, Event, Replay, Retention
+
+
+def make_engine(redis_url: str | None, retention: Retention, prefix: str = "renum-rt:") -> Engine:
+    """The Redis engine when ``redis_url`` is set, else the in-memory engine."""
+    if redis_url:
+        from .redis import RedisEngine
+
+        return RedisEngine(redis_url, retention, prefix=prefix)
+    from .memory import MemoryEngine
+
+    return MemoryEngine(retention)
+
+
+__all__ = ["Engine", "EngineUnavailable", "Event", "Replay", "Retention", "make_engine"]

@@ -1,0 +1,159 @@
+"""The storage and fan-out interface every engine implements.
+
+A gateway node never cares which engine it runs on (Centrifuge's broker/presence
+split, in one interface). The engine owns what must outlive a connection: channel
+history, the durable per-user queue and its ack cursor, the latest state of execution
+channels, idempotency records, cluster presence. It also owns fan-out: ``publish``
+stores an event and then hands it to the listener of *every* node sharing the engine,
+this one included, so the live path is the same with one process or many.
+
+Every method may raise ``EngineUnavailable`` when the store cannot be reached; callers
+turn that into ``unavailable`` errors and HTTP 503, never into a half-accepted publish.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+#: ``on_event(channel, event_id, frame)``: ``frame`` is the UTF-8 JSON of the ``event``
+#: frame, encoded once by the node that published it.
+EventListener = Callable[[str, str, bytes], None]
+#: ``on_control(message)``: a cluster-wide command such as an admin disconnect.
+ControlListener = Callable[[dict[str, Any]], None]
+#: ``on_resync()``: the live feed was interrupted (a lost Redis connection, now back);
+#: events published meanwhile are in history but were not fanned out to this node.
+ResyncListener = Callable[[], None]
+
+
+class EngineUnavailable(Exception):
+    """The store is unreachable; nothing was changed by the failed call."""
+
+
+class IdempotencyInProgress(Exception):
+    """Another request holding the same Idempotency-Key has not finished yet."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One stored event on one channel."""
+
+    channel: str
+    id: str
+    ts: int
+    name: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """Events after a given id, oldest first.
+
+    ``complete`` is False when retention already dropped events that came after that
+    id, so the caller cannot promise "no gap" (``recovered: false`` on the wire).
+    """
+
+    events: list[Event]
+    complete: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How much history each channel keeps: at most ``max_len`` events, none older
+    than ``max_age_s`` seconds (0 = no age limit)."""
+
+    max_len: int = 1000
+    max_age_s: int = 7 * 24 * 3600
+
+
+class Engine(abc.ABC):
+    """Storage + fan-out. Implementations: ``MemoryEngine`` and ``RedisEngine``."""
+
+    name: str = "abstract"
+    #: True when the engine survives a restart of this process (Redis).
+    durable: bool = False
+
+    def __init__(self) -> None:
+        self._on_event: EventListener = lambda channel, event_id, frame: None
+        self._on_control: ControlListener = lambda message: None
+        self._on_resync: ResyncListener = lambda: None
+
+    def set_listeners(self, on_event: EventListener, on_control: ControlListener, on_resync: ResyncListener) -> None:
+        """Where this node receives every published event, every control message, and
+        the news that its live feed was interrupted and is back."""
+        self._on_event = on_event
+        self._on_control = on_control
+        self._on_resync = on_resync
+
+    async def start(self) -> None:
+        """Connect and begin receiving fan-out. Must not fail if the store is down."""
+
+    async def close(self) -> None:
+        """Stop receiving and release connections."""
+
+    @abc.abstractmethod
+    async def ping(self) -> bool:
+        """True when the store answers now."""
+
+    @abc.abstractmethod
+    async def publish(self, channels: Sequence[str], name: str, data: dict[str, Any], ts: int) -> dict[str, str]:
+        """Store one event on each channel, then fan it out; return ``{channel: id}``.
+
+        Returns only once every copy is stored (durably, for a durable engine). Either
+        every channel gets the event or, on ``EngineUnavailable``, none is promised.
+        Channels that keep a latest state (``channels.keeps_latest``) update it here.
+        """
+
+    @abc.abstractmethod
+    async def history(self, channel: str, since: str | None, limit: int) -> Replay:
+        """At most ``limit`` retained events with an id after ``since`` (all retained
+        ones when ``since`` is None), oldest first."""
+
+    @abc.abstractmethod
+    async def latest(self, channel: str) -> Event | None:
+        """The last event stored on a channel that keeps its latest state."""
+
+    @abc.abstractmethod
+    async def ack(self, channel: str, event_id: str) -> str:
+        """Move the channel's ack cursor forward to ``event_id`` (never backwards);
+        return the cursor after the move."""
+
+    @abc.abstractmethod
+    async def cursor(self, channel: str) -> str | None:
+        """The channel's ack cursor, None if nothing was ever acknowledged."""
+
+    @abc.abstractmethod
+    async def control(self, message: dict[str, Any]) -> None:
+        """Send a control message to every node (this one included)."""
+
+    @abc.abstractmethod
+    async def idempotency_claim(self, key: str, ttl_s: int) -> dict[str, Any] | None:
+        """Claim ``key``: None when this caller got it and must do the work, the stored
+        answer when a previous request finished; raise ``IdempotencyInProgress`` when a
+        previous request holds it but has not finished."""
+
+    @abc.abstractmethod
+    async def idempotency_store(self, key: str, answer: dict[str, Any], ttl_s: int) -> None:
+        """Record the answer of a claimed key."""
+
+    @abc.abstractmethod
+    async def idempotency_release(self, key: str) -> None:
+        """Give up a claim whose work failed, so that a retry can do it."""
+
+    @abc.abstractmethod
+    async def heartbeat(self, node_id: str, stats: dict[str, Any], ttl_s: int) -> None:
+        """Publish this node's statistics; they expire after ``ttl_s`` without renewal."""
+
+    @abc.abstractmethod
+    async def nodes(self) -> list[dict[str, Any]]:
+        """The latest statistics of every live node."""
+
+    @abc.abstractmethod
+    async def connection_opened(self, node_id: str, user_id: str, limit: int) -> bool:
+        """Count one more connection of ``user_id`` across all nodes, unless that would
+        pass ``limit``: then count nothing and return False."""
+
+    @abc.abstractmethod
+    async def connection_closed(self, node_id: str, user_id: str) -> None:
+        """Undo one ``connection_opened`` that returned True."""
