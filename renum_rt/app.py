@@ -1,0 +1,100 @@
+"""Wiring: settings → engine → gateway → Tornado application, and the periodic work.
+
+``build(settings)`` gives a ``Node``: the gateway, the Tornado application with every
+route in one list, and ``start()``/``stop()`` for the background callbacks (idle
+sweep, node heartbeat, admin statistics). ``server.py`` and the tests both use it, so
+the code under test is the code that runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import tornado.ioloop
+import tornado.web
+
+from .auth import Authenticator, TokenVerifier, http_jwks_fetcher
+from .config import Settings
+from .engines import EngineUnavailable, Retention, make_engine
+from .gateway import Gateway
+from .handlers.admin import AdminBroadcastHandler, ConnectionsHandler, DisconnectHandler, StatsHandler
+from .handlers.api import BroadcastHandler, OpenApiHandler, PublishHandler
+from .handlers.health import HealthHandler
+from .handlers.ws import WebSocketHandler
+from .limits import KeyedBuckets
+from .logs import access_log, log
+
+STATIC = Path(__file__).resolve().parent.parent / "static"
+
+
+class AdminPageHandler(tornado.web.RequestHandler):
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.finish((STATIC / "admin.html").read_bytes())
+
+
+def make_app(gateway: Gateway) -> tornado.web.Application:
+    s = gateway.settings
+    buckets = KeyedBuckets(s.http_rate, s.http_burst)
+    g = {"gateway": gateway}
+    routes: list[Any] = [
+        (r"/ws", WebSocketHandler, g),
+        (r"/healthz", HealthHandler, g),
+        (r"/api/v1/publish", PublishHandler, {**g, "buckets": buckets}),
+        (r"/api/v1/broadcast", BroadcastHandler, {**g, "buckets": buckets}),
+        (r"/api/v1/openapi.json", OpenApiHandler, g),
+        (r"/admin/?", AdminPageHandler),
+        (r"/admin/api/stats", StatsHandler, g),
+        (r"/admin/api/connections", ConnectionsHandler, g),
+        (r"/admin/api/users/([^/]+)/disconnect", DisconnectHandler, g),
+        (r"/admin/api/broadcast", AdminBroadcastHandler, g),
+    ]
+    return tornado.web.Application(
+        routes,
+        static_path=str(STATIC),
+        log_function=access_log,
+        websocket_ping_interval=s.heartbeat_ms / 1000,
+        websocket_ping_timeout=2 * s.heartbeat_ms / 1000,
+        websocket_max_message_size=s.hard_frame_bytes,
+    )
+
+
+class Node:
+    """One gateway process: the gateway, its application and its periodic callbacks."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        verifier = TokenVerifier(settings)
+        fetch = http_jwks_fetcher(settings.jwks_url) if settings.jwks_url else None
+        engine = make_engine(settings.redis_url or None,
+                             Retention(settings.history_max_len, settings.history_max_age_s),
+                             prefix=settings.redis_prefix)
+        self.gateway = Gateway(settings, engine, Authenticator(verifier, fetch, settings.jwks_cache_s))
+        self.app = make_app(self.gateway)
+        self._callbacks: list[tornado.ioloop.PeriodicCallback] = []
+
+    async def start(self) -> None:
+        await self.gateway.start()
+        sweep = tornado.ioloop.PeriodicCallback(lambda: self.gateway.sweep(time.time()),
+                                                self.settings.idle_sweep_s() * 1000)
+        beat = tornado.ioloop.PeriodicCallback(self._beat, self.settings.node_heartbeat_s * 1000)
+        self._callbacks = [sweep, beat]
+        for callback in self._callbacks:
+            callback.start()
+
+    async def _beat(self) -> None:
+        try:
+            await self.gateway.heartbeat()
+        except EngineUnavailable:
+            log(logging.WARNING, "engine unavailable", engine=self.gateway.engine.name)
+        if self.gateway.hub.subscriber_count("admin"):
+            self.gateway.push_admin_stats(await self.gateway.stats())
+
+    async def stop(self, code: int = 1012, reason: str = "server shutting down") -> None:
+        for callback in self._callbacks:
+            callback.stop()
+        await self.gateway.stop(code, reason)

@@ -1,0 +1,575 @@
+"""``RealtimeClient``: an asyncio client of the renum-rt WebSocket protocol v1.
+
+For Python programs (workers, bots, test harnesses, command-line tools) that must
+follow events the way the browser client does, with the guarantees the contract gives
+to client libraries rather than to raw sockets:
+
+- no event missed or doubled across reconnections: the client keeps the last event id
+  of every channel, drops an event whose id it has already seen, and re-subscribes
+  each channel with ``since=<last id>`` after reconnecting;
+- durable ``user:`` events acknowledged only after the application processed them;
+- reconnection on the contract's backoff schedule, with the behaviour its close-code
+  table prescribes (stop, reconnect, or ask once for a fresh token).
+
+One task reads frames; events go through an in-memory inbox to a single consumer
+(``events()`` or the ``on_event`` callback) so that the application may await anything,
+calls of this client included, while handling an event without stalling the reader.
+It is not a server-side component and keeps nothing on disk: de-duplication state lives
+as long as the ``RealtimeClient`` object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import inspect
+import itertools
+import logging
+import time
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Awaitable, Callable, Final
+
+import ujson
+from tornado.httpclient import HTTPClientError, HTTPRequest
+from tornado.iostream import StreamClosedError
+from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, WebSocketError, websocket_connect
+
+from ..ids import IdKey, format_id, parse_id
+from .backoff import Backoff
+
+log = logging.getLogger("renum_rt.client")
+
+SUBPROTOCOL: Final = "renum.v1"
+
+# Client states (contract v1, browser client): the values ``on_state`` receives.
+CONNECTING: Final = "connecting"
+CONNECTED: Final = "connected"
+RECONNECTING: Final = "reconnecting"
+DISCONNECTED: Final = "disconnected"
+FAILED: Final = "failed"
+UNAUTHORIZED: Final = "unauthorized"
+#: States in which the client neither is connected nor tries to be.
+STOPPED: Final = frozenset({DISCONNECTED, FAILED, UNAUTHORIZED})
+
+# Close codes (contract v1, "Close codes") that decide what happens next.
+_CLOSE_NORMAL = 1000
+_CLOSE_UNAUTHORIZED = 4001
+_CLOSE_FORBIDDEN = 4003
+_CLOSE_IDLE = 4008
+_CLOSE_KICKED = 4009
+#: Close codes after which the client stops; every other code or a lost connection
+#: (1008, 1009, 1012, 4029, 1006, network errors) reconnects with backoff.
+_STOP_CODES = frozenset({_CLOSE_NORMAL, _CLOSE_FORBIDDEN, _CLOSE_IDLE, _CLOSE_KICKED})
+#: Pseudo close code for an upgrade refused with an HTTP status that retrying cannot
+#: fix (400 unsupported version, 404 wrong path...): the client fails at once.
+_REFUSED = -1
+
+TokenProvider = Callable[[], "Awaitable[str] | str"]
+
+
+class RealtimeError(Exception):
+    """A call could not be served: a server ``error`` frame, or a client-side failure.
+
+    ``code`` is one of the contract's error codes (``forbidden``, ``rate_limited``...)
+    for an ``error`` frame, or ``timeout`` when no reply came in time.
+    ``retry_after_ms`` comes with ``rate_limited``.
+    """
+
+    def __init__(self, code: str, message: str, *, retry_after_ms: int | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.retry_after_ms = retry_after_ms
+
+
+class ConnectionClosedError(RealtimeError):
+    """The client is not connected, or lost its connection before the reply came.
+
+    ``code`` is ``connection_lost`` (the reply of an in-flight call was lost; the
+    client is reconnecting) or the state the client stopped in (``disconnected``,
+    ``failed``, ``unauthorized``); ``close_code`` is the last WebSocket close code.
+    """
+
+    def __init__(self, code: str, message: str, *, close_code: int | None = None) -> None:
+        super().__init__(code, message)
+        self.close_code = close_code
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One ``event`` frame: ``event`` is the event name, ``ts`` ms since the epoch."""
+
+    channel: str
+    id: str
+    ts: int
+    event: str
+    data: dict[str, Any]
+
+
+@dataclass(slots=True)
+class _Session:
+    """Outcome of one connection attempt."""
+
+    close_code: int | None = None
+    close_reason: str | None = None
+    welcomed: bool = False
+
+
+class RealtimeClient:
+    """An auto-reconnecting, de-duplicating client of ``/ws`` (see the module docstring).
+
+    ``token_provider`` returns (or resolves to) the user's JWT; it is called before each
+    connection attempt, so after a close 4001 its next answer is the "fresh token" the
+    contract asks for. Callbacks: ``on_event(event)`` may be a coroutine function and
+    then takes the place of ``events()``; ``on_state(state)``,
+    ``on_reconnecting(attempt, delay_ms)`` and ``on_frame(frame)`` (every server frame
+    that answers none of your calls, except events: ``welcome``, ``unread_count``,
+    unsolicited errors, replies to automatic re-subscriptions) are plain functions.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token_provider: TokenProvider,
+        *,
+        backoff: Backoff = Backoff(),
+        on_event: Callable[[Event], Any] | None = None,
+        on_state: Callable[[str], Any] | None = None,
+        on_reconnecting: Callable[[int, float], Any] | None = None,
+        on_frame: Callable[[dict[str, Any]], Any] | None = None,
+        send_auth_frame: bool = False,
+        auto_ack: bool = True,
+        request_timeout: float = 10.0,
+        connect_timeout: float = 10.0,
+        ping_interval: float | None = 30.0,
+    ) -> None:
+        self.url = url
+        self.backoff = backoff
+        self.auto_ack = auto_ack
+        self.request_timeout = request_timeout
+        self._token_provider = token_provider
+        self._on_event = on_event
+        self._on_state = on_state
+        self._on_reconnecting = on_reconnecting
+        self._on_frame = on_frame
+        self._send_auth_frame = send_auth_frame
+        self._connect_timeout = connect_timeout
+        self._ping_interval = ping_interval
+
+        self.state: str = DISCONNECTED
+        #: From the last ``welcome``.
+        self.user_id: str | None = None
+        self.connection_id: str | None = None
+        self.welcome: dict[str, Any] = {}
+        #: The last close code and reason (``None`` for a lost connection).
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+
+        self._conn: WebSocketClientConnection | None = None
+        self._run_task: asyncio.Task[None] | None = None
+        self._dispatch_task: asyncio.Task[None] | None = None
+        self._state_changed: asyncio.Future[None] | None = None
+        self._refs = itertools.count(1)
+        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        #: Channels subscribed by the application -> subscription token (or None).
+        self._subs: dict[str, str | None] = {}
+        #: channel -> key of the last event id received (de-duplication, ``since``).
+        self._last: dict[str, IdKey] = {}
+        #: durable channel -> last event id the application finished processing.
+        self._processed: dict[str, str] = {}
+        self._inbox: collections.deque[Event] = collections.deque()
+        self._inbox_ready = asyncio.Event()
+        self._consuming = False
+
+    # -- public API ---------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Connect (or wait for the connection under way); return once welcomed.
+
+        A first attempt that fails is retried on the backoff schedule like a lost
+        connection. Raises ``ConnectionClosedError`` if the client stops instead.
+        """
+        if self._run_task is None or self._run_task.done():
+            self._run_task = asyncio.ensure_future(self._run())
+            if self._on_event is not None and (self._dispatch_task is None or self._dispatch_task.done()):
+                self._dispatch_task = asyncio.ensure_future(self._dispatch())
+        await self._wait_connected(None)
+
+    async def close(self) -> None:
+        """Close the connection (code 1000) and stop; events not yet consumed are dropped."""
+        task, self._run_task = self._run_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        self._inbox.clear()
+        self._stop(DISCONNECTED, _CLOSE_NORMAL, "closed by the client")
+
+    async def subscribe(self, channel: str, since: str | None = None, token: str | None = None) -> dict[str, Any]:
+        """Subscribe to ``channel``; return the ``subscribed`` reply.
+
+        ``since`` (an event id) asks for everything after it first; without it, the
+        last id this client saw on the channel is used, if any. ``token`` is a
+        subscription token; it is presented again on every re-subscription. The
+        channel stays subscribed across reconnections until ``unsubscribe``.
+        """
+        await self._ready()
+        if since is not None:
+            self._last[channel] = parse_id(since)
+        self._subs[channel] = token
+        try:
+            return await self._wait_reply(self._send_subscribe(channel, token))
+        except BaseException:
+            if self._subs.get(channel, "") == token:
+                del self._subs[channel]
+            raise
+
+    async def unsubscribe(self, channel: str) -> dict[str, Any]:
+        """Stop receiving ``channel``; return the ``unsubscribed`` reply."""
+        await self._ready()
+        self._subs.pop(channel, None)
+        return await self.request("unsubscribe", channel=channel)
+
+    async def ack(self, channel: str, id: str) -> None:
+        """Tell the server that everything up to ``id`` on ``channel`` was processed.
+
+        Only needed with ``auto_ack=False``. There is no reply on success.
+        """
+        parse_id(id)
+        await self._ready()
+        self._send({"type": "ack", "channel": channel, "id": id})
+
+    async def ping(self) -> float:
+        """Send ``ping`` (it also counts as activity); return the round trip in ms."""
+        start = time.perf_counter()
+        await self.request("ping")
+        return (time.perf_counter() - start) * 1000
+
+    async def request(self, type: str, **fields: Any) -> dict[str, Any]:
+        """Send any client frame and return its reply, for example
+        ``await client.request("notifications.list", status="unread")``.
+
+        Raises ``RealtimeError`` for an ``error`` reply or no reply within
+        ``request_timeout`` seconds, ``ConnectionClosedError`` when not connected.
+        """
+        await self._ready()
+        ref = str(next(self._refs))
+        future = self._expect(ref)
+        self._send({"type": type, "ref": ref, **fields})
+        return await self._wait_reply(future)
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Iterate over events, in order, until the client stops.
+
+        Each durable (``user:``) event is acknowledged (with ``auto_ack``) when the loop
+        asks for the next one, that is once the application has processed it. One
+        consumer at a time: not usable together with ``on_event``.
+        """
+        if self._consuming:
+            raise RuntimeError("events() already has a consumer (another loop, or on_event)")
+        self._consuming = True
+        try:
+            while True:
+                while not self._inbox:
+                    if self.state in STOPPED:
+                        return
+                    self._inbox_ready.clear()
+                    await self._inbox_ready.wait()
+                event = self._inbox.popleft()
+                yield event
+                self._processed_event(event)
+        finally:
+            self._consuming = False
+
+    # -- connection loop ------------------------------------------------------------
+
+    async def _run(self) -> None:
+        """Connect, serve, and reconnect per the close-code table until stopped."""
+        attempt = 0
+        refreshing = False  # the last session ended with 4001: the next token is the fresh one
+        while True:
+            if attempt:
+                if attempt > self.backoff.attempts:
+                    self._stop(FAILED, self.close_code, self.close_reason)
+                    return
+                delay = self.backoff.delay_ms(attempt)
+                self._set_state(RECONNECTING)
+                self._call(self._on_reconnecting, attempt, delay)
+                await asyncio.sleep(delay / 1000)
+            else:
+                self._set_state(CONNECTING)
+            session = await self._session(refreshing)
+            self.close_code, self.close_reason = session.close_code, session.close_reason
+            self._fail_pending(ConnectionClosedError("connection_lost", "the connection closed before the reply"))
+            if session.welcomed:
+                attempt, refreshing = 0, False
+            code = session.close_code
+            if code == _CLOSE_UNAUTHORIZED:
+                if refreshing:
+                    self._stop(UNAUTHORIZED, code, session.close_reason)
+                    return
+                refreshing = True
+            elif code in _STOP_CODES:
+                self._stop(DISCONNECTED, code, session.close_reason)
+                return
+            elif code == _REFUSED:
+                self._stop(FAILED, code, session.close_reason)
+                return
+            attempt += 1
+
+    async def _session(self, refreshing: bool) -> _Session:
+        """One connection: authenticate, wait for ``welcome``, then read until closed."""
+        try:
+            token = self._token_provider()
+            if inspect.isawaitable(token):
+                token = await token
+        except Exception as exc:
+            log.warning("token provider failed: %r", exc)
+            if refreshing:  # no fresh token: stop as unauthorized
+                return _Session(_CLOSE_UNAUTHORIZED, f"token provider failed: {exc!r}")
+            return _Session(None, f"token provider failed: {exc!r}")
+        if not token:
+            return _Session(_CLOSE_UNAUTHORIZED, "the token provider gave no token")
+        url = self.url
+        if not self._send_auth_frame:
+            parts = urllib.parse.urlsplit(url)
+            query = urllib.parse.urlencode([*urllib.parse.parse_qsl(parts.query), ("token", token)])
+            url = urllib.parse.urlunsplit(parts._replace(query=query))
+        try:
+            conn = await websocket_connect(
+                HTTPRequest(url, connect_timeout=self._connect_timeout, request_timeout=self._connect_timeout),
+                subprotocols=[SUBPROTOCOL],
+                ping_interval=self._ping_interval,
+            )
+        except HTTPClientError as exc:
+            if exc.code == 401:
+                return _Session(_CLOSE_UNAUTHORIZED, _http_error_message(exc))
+            if exc.code == 403:
+                return _Session(_CLOSE_FORBIDDEN, _http_error_message(exc))
+            if 400 <= exc.code < 500 and exc.code not in (408, 429):
+                return _Session(_REFUSED, _http_error_message(exc))
+            return _Session(None, _http_error_message(exc))
+        except (OSError, StreamClosedError, WebSocketError, asyncio.TimeoutError) as exc:
+            return _Session(None, f"cannot connect: {exc!r}")
+        self._conn = conn
+        session = _Session()
+        try:
+            if self._send_auth_frame:
+                conn.write_message(ujson.dumps({"type": "auth", "token": token}))
+            while True:
+                message = await conn.read_message()
+                if message is None:
+                    session.close_code, session.close_reason = conn.close_code, conn.close_reason
+                    return session
+                self._on_message(message, session)
+        finally:
+            self._conn = None
+            conn.close()
+
+    # -- frames in --------------------------------------------------------------------
+
+    def _on_message(self, message: str | bytes, session: _Session) -> None:
+        try:
+            frame = ujson.loads(message)
+            kind = frame["type"]
+        except (ValueError, TypeError, KeyError):
+            log.warning("ignoring a frame that is not a JSON object with a type: %.200r", message)
+            return
+        if kind == "event":
+            self._on_event_frame(frame)
+            return
+        ref = frame.get("ref")
+        future = self._pending.pop(ref, None) if isinstance(ref, str) else None
+        if future is not None:
+            if future.done():
+                return
+            if kind == "error":
+                future.set_exception(_error(frame))
+            else:
+                future.set_result(frame)
+            return
+        if kind == "welcome":
+            self._on_welcome(frame)
+            session.welcomed = True
+        elif kind == "error":
+            log.warning("server error: %s: %s", frame.get("code"), frame.get("message"))
+        self._call(self._on_frame, frame)
+
+    def _on_welcome(self, frame: dict[str, Any]) -> None:
+        """Connected: re-acknowledge, then re-subscribe every channel from its last id."""
+        self.welcome = frame
+        self.user_id = frame.get("user_id")
+        self.connection_id = frame.get("connection_id")
+        self._set_state(CONNECTED)
+        if self.auto_ack:  # an ack sent just before a drop may have been lost
+            for channel, event_id in self._processed.items():
+                self._send({"type": "ack", "channel": channel, "id": event_id})
+        for channel, token in self._subs.items():
+            future = self._send_subscribe(channel, token)
+            future.add_done_callback(lambda f, channel=channel: self._resubscribed(channel, f))
+
+    def _resubscribed(self, channel: str, future: asyncio.Future[dict[str, Any]]) -> None:
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if isinstance(exc, ConnectionClosedError):
+            return  # the connection dropped again; the next welcome re-subscribes
+        if isinstance(exc, RealtimeError):
+            log.warning("re-subscribing %s failed: %s", channel, exc)
+            self._subs.pop(channel, None)  # refused (an expired subscription token...): stop asking
+            self._call(self._on_frame, {"type": "error", "channel": channel, "code": exc.code, "message": exc.message})
+        elif exc is None:
+            self._call(self._on_frame, future.result())
+
+    def _on_event_frame(self, frame: dict[str, Any]) -> None:
+        try:
+            event = Event(frame["channel"], frame["id"], frame["ts"], frame["event"], frame.get("data") or {})
+            key = parse_id(event.id)
+        except (KeyError, TypeError, ValueError):
+            log.warning("ignoring a malformed event frame: %.200r", frame)
+            return
+        last = self._last.get(event.channel)
+        if last is not None and key <= last:
+            return  # already seen: a replay overlapping what was received live
+        self._last[event.channel] = key
+        self._inbox.append(event)
+        self._inbox_ready.set()
+
+    # -- frames out --------------------------------------------------------------------
+
+    def _send(self, frame: dict[str, Any]) -> None:
+        conn = self._conn
+        if conn is None:
+            raise ConnectionClosedError("connection_lost", "not connected", close_code=self.close_code)
+        try:
+            conn.write_message(ujson.dumps(frame, ensure_ascii=False, escape_forward_slashes=False))
+        except WebSocketClosedError:
+            raise ConnectionClosedError("connection_lost", "the connection is closing", close_code=self.close_code) from None
+
+    def _send_subscribe(self, channel: str, token: str | None) -> asyncio.Future[dict[str, Any]]:
+        ref = str(next(self._refs))
+        frame: dict[str, Any] = {"type": "subscribe", "ref": ref, "channel": channel}
+        if channel in self._last:
+            frame["since"] = format_id(self._last[channel])
+        if token is not None:
+            frame["token"] = token
+        future = self._expect(ref)
+        self._send(frame)
+        return future
+
+    def _expect(self, ref: str) -> asyncio.Future[dict[str, Any]]:
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[ref] = future
+        return future
+
+    async def _wait_reply(self, future: asyncio.Future[dict[str, Any]]) -> dict[str, Any]:
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), self.request_timeout)
+        except asyncio.TimeoutError:
+            raise RealtimeError("timeout", f"no reply within {self.request_timeout} s") from None
+        finally:
+            if not future.done():
+                future.cancel()
+            for ref, pending in list(self._pending.items()):
+                if pending is future:
+                    del self._pending[ref]
+
+    def _fail_pending(self, exc: Exception) -> None:
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(exc)
+                future.exception()  # retrieved here: a caller may have stopped waiting
+
+    # -- delivery and acknowledgement -----------------------------------------------
+
+    async def _dispatch(self) -> None:
+        assert self._on_event is not None
+        async for event in self.events():
+            try:
+                result = self._on_event(event)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("on_event failed for %s %s; the event is not acknowledged", event.channel, event.id)
+                continue
+
+    def _processed_event(self, event: Event) -> None:
+        """The application is done with ``event``: acknowledge it if durable."""
+        if not event.channel.startswith("user:"):
+            return
+        self._processed[event.channel] = event.id
+        if self.auto_ack and self._conn is not None:
+            try:
+                self._send({"type": "ack", "channel": event.channel, "id": event.id})
+            except ConnectionClosedError:
+                pass  # acknowledged on the next welcome
+
+    # -- states -------------------------------------------------------------------------
+
+    async def _ready(self) -> None:
+        """Wait until connected; after an idle close (4008), this activity reconnects."""
+        if self.state in STOPPED:
+            if self.close_code == _CLOSE_IDLE and self._run_task is not None:
+                await self.connect()
+                return
+            raise ConnectionClosedError(self.state, "not connected: call connect()", close_code=self.close_code)
+        await self._wait_connected(self.request_timeout)
+
+    async def _wait_connected(self, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.state != CONNECTED:
+            if self.state in STOPPED:
+                raise ConnectionClosedError(
+                    self.state, f"the client stopped ({self.close_reason or self.close_code})", close_code=self.close_code
+                )
+            if self._state_changed is None:
+                self._state_changed = asyncio.get_running_loop().create_future()
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise RealtimeError("timeout", f"not connected within {timeout} s")
+            try:
+                await asyncio.wait_for(asyncio.shield(self._state_changed), remaining)
+            except asyncio.TimeoutError:
+                raise RealtimeError("timeout", f"not connected within {timeout} s") from None
+
+    def _set_state(self, state: str) -> None:
+        if state == self.state:
+            return
+        self.state = state
+        changed, self._state_changed = self._state_changed, None
+        if changed is not None and not changed.done():
+            changed.set_result(None)
+        self._inbox_ready.set()  # an events() loop re-checks whether the client stopped
+        self._call(self._on_state, state)
+
+    def _stop(self, state: str, close_code: int | None, reason: str | None) -> None:
+        self.close_code, self.close_reason = close_code, reason
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close(_CLOSE_NORMAL)
+        self._fail_pending(ConnectionClosedError(state, reason or "the client stopped", close_code=close_code))
+        self._set_state(state)
+
+    def _call(self, callback: Callable[..., Any] | None, *args: Any) -> None:
+        if callback is None:
+            return
+        try:
+            callback(*args)
+        except Exception:
+            log.exception("callback %r failed", callback)
+
+
+def _error(frame: dict[str, Any]) -> RealtimeError:
+    return RealtimeError(
+        str(frame.get("code", "internal")), str(frame.get("message", "")), retry_after_ms=frame.get("retry_after_ms")
+    )
+
+
+def _http_error_message(exc: HTTPClientError) -> str:
+    """The message of the JSON error body of a refused upgrade, else the HTTP reason."""
+    body = exc.response.body if exc.response is not None else b""
+    try:
+        return str(ujson.loads(body)["error"]["message"])
+    except (ValueError, TypeError, KeyError):
+        return f"HTTP {exc.code}: {exc.message}"

@@ -1,0 +1,166 @@
+"""Settings: built-in defaults < TOML file < environment, validated once at start.
+
+Every setting is a field of ``Settings``; its TOML key is the field name and its
+environment variable is ``RENUM_RT_`` + the upper-cased name (``api_key`` →
+``RENUM_RT_API_KEY``). ``config/renum-rt.toml`` lists them all with their defaults.
+A bad value stops the server at start with a message naming the key, never later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+ENV_PREFIX = "RENUM_RT_"
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "renum-rt.toml"
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    #: public origin of this server (for the default Origin allow-list); derived when empty
+    public_origin: str = ""
+    allowed_origins: tuple[str, ...] = ()
+
+    # -- user tokens
+    jwt_secret: str = ""
+    jwt_public_key: str = ""
+    jwks_url: str = ""
+    jwt_audience: str = ""
+    jwt_leeway_s: int = 30
+    jwks_cache_s: float = 600.0
+    admin_claim: str = "app_metadata.role"
+    admin_value: str = "admin"
+    auth_timeout_s: float = 10.0
+
+    # -- backend services
+    api_key: tuple[str, ...] = ()
+    http_max_body_bytes: int = 1024 * 1024
+    http_rate: float = 200.0
+    http_burst: int = 400
+    idempotency_ttl_s: int = 24 * 3600
+    max_users_per_publish: int = 1000
+
+    # -- connections
+    rate: float = 50.0
+    burst: int = 100
+    #: rate-limited frames in a row after which a flooding client is closed with 1008
+    flood_close_after: int = 50
+    max_frame_bytes: int = 64 * 1024
+    #: frames above this are refused by the WebSocket layer with close 1009
+    hard_frame_bytes: int = 1024 * 1024
+    max_subscriptions: int = 100
+    max_connections_per_user: int = 20
+    max_connections_per_address: int = 200
+    idle_timeout: float = 1800.0
+    heartbeat_ms: int = 25000
+    #: bytes queued for one connection before it is closed as a slow consumer
+    max_write_buffer_bytes: int = 4 * 1024 * 1024
+    replay_limit: int = 1000
+
+    # -- storage
+    redis_url: str = ""
+    redis_prefix: str = "renum-rt:"
+    history_max_len: int = 1000
+    history_max_age_s: int = 7 * 24 * 3600
+    node_heartbeat_s: float = 2.0
+
+    # -- logging
+    log_level: str = "info"
+
+    def origins(self) -> frozenset[str]:
+        """Origins allowed to open /ws from a browser."""
+        if self.allowed_origins:
+            return frozenset(o.rstrip("/") for o in self.allowed_origins)
+        own = self.public_origin or f"http://{self.host}:{self.port}"
+        return frozenset({own.rstrip("/")})
+
+    def idle_sweep_s(self) -> float:
+        """How often idle connections are looked for: a tenth of the timeout, at most 60 s."""
+        return max(0.05, min(60.0, self.idle_timeout / 10))
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+_TYPES = {f.name: f.type for f in dataclasses.fields(Settings)}
+
+
+def _convert(name: str, raw: Any) -> Any:
+    kind = _TYPES[name]
+    try:
+        if kind == "tuple[str, ...]":
+            items = raw.split(",") if isinstance(raw, str) else list(raw)
+            return tuple(str(i).strip() for i in items if str(i).strip())
+        if kind == "int":
+            if isinstance(raw, bool):
+                raise ValueError
+            return int(raw)
+        if kind == "float":
+            if isinstance(raw, bool):
+                raise ValueError
+            return float(raw)
+        if kind == "str":
+            if not isinstance(raw, str):
+                raise ValueError
+            return raw
+    except (TypeError, ValueError):
+        pass
+    raise ConfigError(f"setting {name!r} ({ENV_PREFIX}{name.upper()}): {raw!r} is not a valid {kind}")
+
+
+def load(path: str | Path | None = None, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Read the TOML file (the default one if ``path`` is None and it exists), then the
+    environment, then ``overrides`` (command-line flags); validate."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    file = Path(path) if path is not None else DEFAULT_CONFIG
+    if path is not None or file.exists():
+        try:
+            with open(file, "rb") as fh:
+                table = tomllib.load(fh)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {file}: {exc}") from None
+        for name, raw in table.items():
+            if name not in _FIELDS:
+                raise ConfigError(f"config file {file}: unknown setting {name!r}")
+            values[name] = _convert(name, raw)
+    for name in _FIELDS:
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is not None:
+            values[name] = _convert(name, raw)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    settings = Settings(**values)
+    _validate(settings)
+    return settings
+
+
+def _validate(s: Settings) -> None:
+    positive = ["port", "rate", "burst", "max_frame_bytes", "hard_frame_bytes", "max_subscriptions",
+                "max_connections_per_user", "max_connections_per_address", "idle_timeout", "heartbeat_ms",
+                "max_write_buffer_bytes", "replay_limit", "history_max_len", "http_max_body_bytes",
+                "http_rate", "http_burst", "auth_timeout_s", "flood_close_after", "max_users_per_publish"]
+    for name in positive:
+        if getattr(s, name) <= 0:
+            raise ConfigError(f"setting {name!r} must be greater than 0")
+    if s.hard_frame_bytes < s.max_frame_bytes:
+        raise ConfigError("setting 'hard_frame_bytes' must be at least 'max_frame_bytes'")
+    if s.log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError("setting 'log_level' must be one of debug, info, warning, error")
+    if s.jwt_public_key and s.jwks_url:
+        raise ConfigError("set RENUM_RT_JWT_PUBLIC_KEY or RENUM_RT_JWKS_URL, not both")
+
+
+def with_changes(settings: Settings, **changes: Any) -> Settings:
+    """A copy of ``settings`` with some fields replaced (used by ``--dev`` and tests)."""
+    return dataclasses.replace(settings, **changes)
+
+
+__all__ = ["ConfigError", "Settings", "load", "with_changes"]

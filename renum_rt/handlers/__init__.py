@@ -1,0 +1,1 @@
+"""Thin Tornado adapters: they move bytes between sockets and the gateway core."""

@@ -1,0 +1,91 @@
+"""The HTTP API for backend services: publish and broadcast.
+
+Order of checks: API key (401), rate limit per key (429), body size (413), JSON and
+fields (400 naming the field), Idempotency-Key; then the gateway stores the event and
+the answer is 200 only once it is stored. A store outage is 503 with nothing accepted.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .. import channels
+from ..engines import EngineUnavailable
+from ..engines.base import IdempotencyInProgress
+from ..limits import KeyedBuckets
+from ..protocol.events import FieldError, PublishRequest, validate_broadcast, validate_publish
+from .base import HttpError, JsonHandler, keys_match
+
+OPENAPI = Path(__file__).resolve().parent.parent / "protocol" / "schemas" / "openapi.json"
+MAX_IDEMPOTENCY_KEY = 200
+
+
+class PublishHandler(JsonHandler):
+    """``POST /api/v1/publish`` (and, with another validator, ``/api/v1/broadcast``)."""
+
+    validate: Callable[[Any], PublishRequest] = staticmethod(validate_publish)  # type: ignore[assignment]
+    buckets: KeyedBuckets
+
+    def initialize(self, gateway: Any, buckets: KeyedBuckets) -> None:  # type: ignore[override]
+        super().initialize(gateway)
+        self.buckets = buckets
+
+    def _check_key(self) -> str:
+        key = self.bearer()
+        if not keys_match(key, self.gateway.settings.api_key):
+            raise HttpError(401, "unauthorized", "unknown API key")
+        wait = self.buckets.take(key, time.monotonic())
+        if wait:
+            seconds = max(1, math.ceil(wait))
+            raise HttpError(429, "rate_limited", "too many requests for this API key", headers={"Retry-After": str(seconds)})
+        return key
+
+    def _idempotency_key(self) -> str | None:
+        key = self.request.headers.get("Idempotency-Key")
+        if key is None:
+            return None
+        if not (0 < len(key) <= MAX_IDEMPOTENCY_KEY) or not key.isprintable():
+            raise HttpError(400, "bad_request", f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters",
+                            field="Idempotency-Key")
+        return f"{self.request.path}:{key}"
+
+    async def post(self) -> None:
+        try:
+            self._check_key()
+            body = self.json_body()
+            try:
+                request = self.validate(body)
+            except FieldError as exc:
+                raise HttpError(400, "bad_request", exc.message, field=exc.field) from None
+            idempotency_key = self._idempotency_key()
+            targets = list(dict.fromkeys(
+                ([request.channel] if request.channel else []) + [channels.user_channel(u) for u in request.users]
+            ))
+            try:
+                answer = await self.gateway.publish(targets, request.event, request.data, idempotency_key)
+            except EngineUnavailable:
+                raise HttpError(503, "unavailable", "the event store is unreachable; nothing was accepted, retry",
+                                headers={"Retry-After": "1"}) from None
+            except IdempotencyInProgress:
+                raise HttpError(409, "bad_request", "a request with this Idempotency-Key is still in progress",
+                                field="Idempotency-Key") from None
+        except HttpError as error:
+            self.fail(error)
+            return
+        self.reply(answer)
+
+
+class BroadcastHandler(PublishHandler):
+    """``POST /api/v1/broadcast``: an event to every user, on ``system``."""
+
+    validate = staticmethod(validate_broadcast)  # type: ignore[assignment]
+
+
+class OpenApiHandler(JsonHandler):
+    """``GET /api/v1/openapi.json``."""
+
+    def get(self) -> None:
+        self.finish(OPENAPI.read_bytes())

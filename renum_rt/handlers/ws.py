@@ -1,0 +1,196 @@
+"""``GET /ws``: the WebSocket adapter around ``Session`` and ``Gateway``.
+
+Before the upgrade it refuses, with an HTTP status and a JSON body, what must never
+become a connection: a foreign ``Origin``, a protocol version the server does not
+speak, a bad token on the URL. After it, every message goes through the session (size,
+rate, validation) and then the gateway; every failure is an ``error`` frame, and only
+the close codes of the contract end a connection. Writes bypass ``write_message``:
+frames are built once and queued on the stream, and a client that lets more than
+``max_write_buffer_bytes`` pile up is closed as a slow consumer instead of growing the
+server's memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+import tornado.ioloop
+import tornado.websocket
+import ujson
+from tornado.iostream import StreamClosedError
+
+from ..auth import AuthError
+from ..channels import Identity
+from ..gateway import Gateway, Refused
+from ..logs import debug_enabled, log, redact
+from ..protocol import SUBPROTOCOLS, ProtocolError, encode
+from ..protocol.errors import CLOSE_POLICY, CLOSE_UNAUTHORIZED
+from ..protocol.wsframe import text_frame
+from ..session import Session
+
+
+class WebSocketHandler(tornado.websocket.WebSocketHandler):
+    gateway: Gateway
+    session: Session
+
+    def initialize(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self._identity: Identity | None = None
+        self._timer: object | None = None
+        self._debug = debug_enabled()
+
+    # ---------------------------------------------------------------- before the upgrade
+
+    def _refuse(self, status: int, code: str, message: str, **extra: Any) -> None:
+        log(logging.INFO, "refused", status=status, code=code, reason=message, ip=self.request.remote_ip)
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(ujson.dumps({"error": {"code": code, "message": message, **extra}}))
+
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        origin = self.request.headers.get("Origin")
+        if origin is not None and origin.rstrip("/") not in self.gateway.settings.origins():
+            return self._refuse(403, "forbidden", "origin not allowed")
+        offered = [p.strip() for p in self.request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
+        versions = [p for p in offered if p.startswith("renum.")]
+        if versions and not any(p in SUBPROTOCOLS for p in versions):
+            return self._refuse(400, "unsupported_version", f"this server speaks {', '.join(SUBPROTOCOLS)}",
+                                supported=list(SUBPROTOCOLS))
+        token = self.get_query_argument("token", None)
+        if token is not None:
+            try:
+                self._identity = await self.gateway.auth.identity(token)
+            except AuthError as exc:
+                return self._refuse(401, "unauthorized", str(exc))
+        await super().get(*args, **kwargs)
+
+    def check_origin(self, origin: str) -> bool:
+        return True  # checked in get(), with a JSON answer
+
+    def select_subprotocol(self, subprotocols: list[str]) -> str | None:
+        for proto in subprotocols:
+            if proto in SUBPROTOCOLS:
+                return proto
+        return None
+
+    # ---------------------------------------------------------------- connection
+
+    async def open(self, *args: Any, **kwargs: Any) -> None:
+        self.session = Session(uuid.uuid4().hex, self.request.remote_ip or "?", self.gateway.settings, time.time(),
+                               self.request.headers.get("Origin"))
+        if self._identity is not None:
+            await self._admit(self._identity)
+        else:
+            self._schedule(self.gateway.settings.auth_timeout_s, self._auth_deadline)
+
+    def _schedule(self, delay: float, callback: Any) -> None:
+        loop = tornado.ioloop.IOLoop.current()
+        if self._timer is not None:
+            loop.remove_timeout(self._timer)
+        self._timer = loop.call_later(max(0.0, delay), callback)
+
+    def _auth_deadline(self) -> None:
+        if self.session.identity is None:
+            self._fail(ProtocolError("unauthorized", "no 'auth' frame within the deadline", close=CLOSE_UNAUTHORIZED))
+
+    def _token_deadline(self) -> None:
+        if self.session.token_expired(time.time()):
+            self._fail(ProtocolError("unauthorized", "token expired; reconnect with a fresh token",
+                                     close=CLOSE_UNAUTHORIZED))
+        else:
+            self._watch_expiry()
+
+    def _watch_expiry(self) -> None:
+        identity = self.session.identity
+        if identity is not None and identity.exp is not None:
+            self._schedule(identity.exp + self.gateway.settings.jwt_leeway_s - time.time() + 0.01, self._token_deadline)
+
+    async def _admit(self, identity: Identity) -> None:
+        self.session.authenticate(identity)
+        try:
+            await self.gateway.open(self)
+        except Refused as refused:
+            self.send(refused.error.frame())
+            self.close(refused.code, refused.error.message)
+            return
+        self._watch_expiry()
+
+    async def on_message(self, message: str | bytes) -> None:
+        if self._debug:
+            log(logging.DEBUG, "frame in", conn=self.session.id, user=self.session.user_id, size=len(message),
+                frame=redact(message) if isinstance(message, str) else "<binary>")
+        try:
+            frame = self.session.receive(message, time.time())
+            if frame.type == "auth":
+                try:
+                    identity = await self.gateway.auth.identity(frame.fields["token"])
+                except AuthError as exc:
+                    raise ProtocolError("unauthorized", str(exc), ref=frame.ref, close=CLOSE_UNAUTHORIZED) from None
+                if self._timer is not None:
+                    tornado.ioloop.IOLoop.current().remove_timeout(self._timer)
+                    self._timer = None
+                await self._admit(identity)
+            else:
+                await self.gateway.handle(self, frame)
+                if frame.type == "refresh":
+                    self._watch_expiry()
+        except ProtocolError as error:
+            if error.code == "rate_limited":
+                self.gateway.rate_limited += 1
+            self._fail(error)
+        except Exception:
+            log(logging.ERROR, "internal error", conn=self.session.id, user=self.session.user_id, exc_info=True)
+            self.send(ProtocolError("internal", "internal error").frame())
+
+    def _fail(self, error: ProtocolError) -> None:
+        if error.code != "rate_limited" or error.close:
+            log(logging.INFO, "client error", conn=self.session.id, user=self.session.user_id, code=error.code,
+                reason=error.message)
+        self.send(error.frame())
+        if error.close is not None:
+            self.close(error.close, error.message)
+
+    def on_close(self) -> None:
+        if self._timer is not None:
+            tornado.ioloop.IOLoop.current().remove_timeout(self._timer)
+            self._timer = None
+        session = getattr(self, "session", None)
+        if session is not None and session.identity is not None:
+            self.gateway.closed(self, self.close_code, self.close_reason)
+
+    # ---------------------------------------------------------------- writing
+
+    def send(self, frame: dict[str, Any]) -> None:
+        """Encode and queue one frame for this connection only."""
+        self.session.messages_out += 1
+        self.send_frame(text_frame(encode(frame).encode()))
+
+    def send_frame(self, frame: bytes) -> None:
+        """Queue a pre-built frame; close the connection as a slow consumer when its
+        unsent bytes pass the limit. Never raises."""
+        conn = self.ws_connection
+        if conn is None or conn.is_closing():
+            return
+        stream = conn.stream  # type: ignore[attr-defined]
+        if stream.closed():
+            return
+        if len(stream._write_buffer) > self.gateway.settings.max_write_buffer_bytes:
+            log(logging.WARNING, "slow consumer", conn=self.session.id, user=self.session.user_id)
+            conn.close(CLOSE_POLICY, "slow consumer: too many unsent bytes")
+            stream.close()
+            return
+        if self._debug:
+            log(logging.DEBUG, "frame out", conn=self.session.id, user=self.session.user_id, size=len(frame),
+                frame=redact(frame[frame.index(b"{"):].decode()))
+        try:
+            stream.write(frame)
+        except StreamClosedError:
+            pass
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        if self.ws_connection is not None and not self.ws_connection.is_closing():
+            log(logging.DEBUG, "closing", conn=self.session.id, code=code, reason=reason)
+        super().close(code, reason)

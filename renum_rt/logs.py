@@ -1,0 +1,80 @@
+"""Structured logs: one JSON object per line, on stderr.
+
+Every line has ``ts``, ``level`` and ``event``; connection lines add ``conn`` and
+``user``. At ``debug`` level every frame in and out is logged with its size and its
+text, with tokens redacted. Tokens and API keys never reach a log line: frames pass
+through ``redact`` and request URLs are logged without their query string.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import Any
+
+import ujson
+
+logger = logging.getLogger("renum_rt")
+
+_TOKEN_FIELD = re.compile(r'("(?:token|api_key|authorization)"\s*:\s*)"(?:[^"\\]|\\.)*"', re.IGNORECASE)
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+
+
+def redact(text: str) -> str:
+    """``text`` with token fields and anything shaped like a JWT replaced."""
+    return _JWT.sub("[redacted]", _TOKEN_FIELD.sub(r'\1"[redacted]"', text))
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "event": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if fields:
+            line.update(fields)
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return ujson.dumps(line, ensure_ascii=False, escape_forward_slashes=False)
+
+
+def setup(level: str) -> None:
+    """Send renum_rt and tornado logs to stderr as JSON lines at ``level``."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    for name in ("renum_rt", "tornado"):
+        log = logging.getLogger(name)
+        log.handlers[:] = [handler]
+        log.propagate = False
+    logger.setLevel(level.upper())
+    # tornado.access lines are written by ``access_log`` below, without query strings
+    logging.getLogger("tornado").setLevel(max(logging.WARNING, logger.level))
+
+
+def log(level: int, event: str, **fields: Any) -> None:
+    if logger.isEnabledFor(level):
+        logger.log(level, event, extra={"fields": fields})
+
+
+def debug_enabled() -> bool:
+    return logger.isEnabledFor(logging.DEBUG)
+
+
+def access_log(handler: Any) -> None:
+    """Tornado's ``log_function``: one line per HTTP request, path without query."""
+    status = handler.get_status()
+    level = logging.INFO if status < 400 else logging.WARNING
+    if status < 400 and handler.request.path in ("/healthz",):
+        level = logging.DEBUG
+    log(
+        level,
+        "http",
+        method=handler.request.method,
+        path=handler.request.path,
+        status=status,
+        ms=round(1000 * handler.request.request_time(), 2),
+        ip=handler.request.remote_ip,
+    )

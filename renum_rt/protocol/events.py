@@ -1,0 +1,244 @@
+"""Domain events and HTTP publish bodies, validated where they enter: at publish time.
+
+Why at the door: a malformed ``execution.status`` caught here is a 400 naming the field
+for the backend developer who sent it; caught nowhere, it is a broken page for every user
+who receives it. The rules are a table (``_DOMAIN``) rather than the jsonschema package,
+which is a test dependency only. ``schemas/events.json`` and ``schemas/http.json`` state
+the same rules for clients and tooling, and tests/unit/test_schemas.py checks that both
+accept exactly the same events.
+
+Rules shared with the schemas:
+
+- an event name that is not in the table is accepted with any object as data: the
+  contract lets backends publish their own events;
+- a field whose value is ``null`` counts as absent (as in client frames), so an optional
+  field may be null and a required one may not;
+- fields the table does not list are allowed: the protocol adds fields compatibly.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Mapping
+
+from .. import channels
+
+EVENT_NAME_MAX = 64
+#: Most user ids one publish request may name (``validate_publish(max_users=...)``).
+MAX_USERS = 1000
+_EVENT_NAME = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)*")
+
+
+class FieldError(ValueError):
+    """A body or event that cannot be accepted, naming the offending field.
+
+    ``field`` is a dotted path into the HTTP body (``"event"``, ``"data.progress"``,
+    ``"data.error.code"``, ``"users[3]"``), or ``""`` when the body as a whole is wrong
+    (not a JSON object); handlers leave ``field`` out of the error body then.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """How one field is checked: ``check`` must accept the value, which is then described
+    to the developer as ``must_be``. ``fields`` checks an object's own fields, ``items``
+    each element of a list."""
+
+    check: Callable[[Any], bool]
+    must_be: str
+    required: bool = True
+    fields: Mapping[str, Rule] | None = None
+    items: Rule | None = None
+
+
+def _optional(rule: Rule) -> Rule:
+    return replace(rule, required=False)
+
+
+def _is_number(v: object) -> bool:
+    # bool is an int to Python but not a number to JSON
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _enum(*values: str) -> Rule:
+    return Rule(lambda v: isinstance(v, str) and v in values, "one of " + ", ".join(values))
+
+
+TEXT = Rule(lambda v: isinstance(v, str) and v != "", "a non-empty string")
+STRING = Rule(lambda v: isinstance(v, str), "a string")
+OBJECT = Rule(lambda v: isinstance(v, dict), "an object")
+LEVEL = _enum("info", "success", "warning", "error")
+
+_TEAM = {
+    "team_id": TEXT,
+    "name": TEXT,
+    "changes": Rule(lambda v: isinstance(v, (dict, list)), "an object or a list", required=False),
+}
+
+#: event name -> rules for its data (contract v1, "Domain events").
+_DOMAIN: dict[str, Mapping[str, Rule]] = {
+    "execution.status": {
+        "execution_id": TEXT,
+        "team_id": TEXT,
+        "status": _enum("queued", "running", "completed", "failed", "cancelled"),
+        "progress": Rule(lambda v: _is_number(v) and 0 <= v <= 100, "a number from 0 to 100"),
+        "step": _optional(OBJECT),
+        "error": Rule(
+            lambda v: isinstance(v, dict),
+            "an object with code and message",
+            required=False,
+            fields={"code": TEXT, "message": TEXT},
+        ),
+    },
+    "team.created": _TEAM,
+    "team.updated": _TEAM,
+    "system.announcement": {"title": TEXT, "message": TEXT, "level": LEVEL},
+    "notification.created": {
+        "id": TEXT,
+        "title": TEXT,
+        "body": _optional(STRING),
+        "level": _optional(LEVEL),
+        "category": _optional(STRING),
+        "data": _optional(OBJECT),
+        "link": _optional(STRING),
+        "created_at": Rule(
+            lambda v: isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool)),
+            "an integer or a string",
+            required=False,
+        ),
+        "status": _optional(_enum("unread", "read", "dismissed")),
+    },
+    "notification.updated": {
+        "ids": Rule(lambda v: isinstance(v, list), "a list of notification ids", items=TEXT),
+        "status": _enum("read", "dismissed"),
+    },
+}
+
+#: Names of the domain events whose data is checked.
+KNOWN_EVENTS = frozenset(_DOMAIN)
+
+
+@dataclass(frozen=True, slots=True)
+class PublishRequest:
+    """A validated publish or broadcast: ``users`` without duplicates, in the order given."""
+
+    event: str
+    data: dict[str, Any]
+    channel: str | None
+    users: tuple[str, ...]
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """Every channel the event goes to, each once: ``channel`` then the user channels."""
+        names = ([self.channel] if self.channel else []) + [channels.user_channel(u) for u in self.users]
+        return tuple(dict.fromkeys(names))
+
+
+def _apply(rule: Rule, value: Any, path: str, owner: str) -> None:
+    if not rule.check(value):
+        raise FieldError(path, f"{path} must be {rule.must_be}")
+    if rule.items is not None:
+        for i, item in enumerate(value):
+            where = f"{path}[{i}]"
+            if item is None:
+                raise FieldError(where, f"{where} must be {rule.items.must_be}")
+            _apply(rule.items, item, where, owner)
+    if rule.fields is not None:
+        _check_fields(value, rule.fields, path, owner)
+
+
+def _check_fields(obj: Mapping[str, Any], rules: Mapping[str, Rule], path: str, owner: str) -> None:
+    for name, rule in rules.items():
+        where = f"{path}.{name}"
+        value = obj.get(name)
+        if value is None:
+            if rule.required:
+                raise FieldError(where, f"{owner} needs {where}: {rule.must_be}")
+            continue
+        _apply(rule, value, where, owner)
+
+
+def is_event_name(name: object) -> bool:
+    """True for names like ``execution.status``: lowercase dotted words, at most 64 characters."""
+    return isinstance(name, str) and len(name) <= EVENT_NAME_MAX and _EVENT_NAME.fullmatch(name) is not None
+
+
+def validate_event(name: str, data: object) -> None:
+    """Raise ``FieldError`` unless ``name`` is a valid event name and ``data`` an object
+    fitting that event (when it is a domain event of the contract)."""
+    if not is_event_name(name):
+        raise FieldError(
+            "event",
+            f"event must be a name such as \"execution.status\": lowercase words of letters, digits and _ "
+            f"joined by dots, each starting with a letter, at most {EVENT_NAME_MAX} characters",
+        )
+    if not isinstance(data, dict):
+        raise FieldError("data", "data must be a JSON object")
+    rules = _DOMAIN.get(name)
+    if rules is not None:
+        _check_fields(data, rules, "data", name)
+
+
+def _event_of(body: object) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    if not isinstance(body, dict):
+        raise FieldError("", "the body must be a JSON object")
+    name, data = body.get("event"), body.get("data")
+    if name is None:
+        raise FieldError("event", "event is required: the event name, such as \"execution.status\"")
+    if data is None:
+        raise FieldError("data", "data is required: a JSON object (it may be empty)")
+    validate_event(name, data)
+    return body, name, data
+
+
+def _is_user_id(uid: object) -> bool:
+    # The user-id rule lives in channels.py: a user id is whatever names a user channel.
+    if not isinstance(uid, str):
+        return False
+    try:
+        return channels.parse(channels.user_channel(uid)) == ("user", uid)
+    except channels.ChannelError:
+        return False
+
+
+def validate_publish(body: object, *, max_users: int = MAX_USERS) -> PublishRequest:
+    """Parse the decoded JSON body of ``POST /api/v1/publish``; raise ``FieldError``."""
+    body, name, data = _event_of(body)
+    channel = body.get("channel")
+    if channel is not None:
+        try:
+            channel = channels.check_publishable(channel)
+        except channels.ChannelError as e:
+            raise FieldError("channel", e.message) from None
+    users: tuple[str, ...] = ()
+    listed = body.get("users")
+    if listed is not None:
+        if not isinstance(listed, list) or not listed:
+            raise FieldError("users", f"users must be a list of 1 to {max_users} user ids")
+        if len(listed) > max_users:
+            raise FieldError(
+                "users", f"users may list at most {max_users} user ids per request (got {len(listed)}): split the list"
+            )
+        for i, uid in enumerate(listed):
+            if not _is_user_id(uid):
+                raise FieldError(f"users[{i}]", f"users[{i}] is not a user id (one that names a user:<id> channel): {uid!r:.80}")
+        users = tuple(dict.fromkeys(listed))
+    if channel is None and not users:
+        raise FieldError("channel", "publish needs a channel, a users list, or both")
+    return PublishRequest(name, data, channel, users)
+
+
+def validate_broadcast(body: object) -> PublishRequest:
+    """Parse the decoded JSON body of ``POST /api/v1/broadcast``; the result's channel is
+    ``system``. Raise ``FieldError``."""
+    body, name, data = _event_of(body)
+    for field in ("channel", "users"):
+        if body.get(field) is not None:
+            raise FieldError(field, f"a broadcast goes to every user on system: use /api/v1/publish to choose {field}")
+    return PublishRequest(name, data, channels.SYSTEM, ())
