@@ -58,7 +58,7 @@ def make_app(gateway: Gateway) -> tornado.web.Application:
         static_path=str(STATIC),
         log_function=access_log,
         websocket_ping_interval=s.heartbeat_ms / 1000,
-        websocket_ping_timeout=2 * s.heartbeat_ms / 1000,
+        websocket_ping_timeout=s.heartbeat_ms / 1000,
         websocket_max_message_size=s.hard_frame_bytes,
     )
 

@@ -1,6 +1,6 @@
 """Structured logs: one JSON object per line, on stderr.
 
-Every line has ``ts``, ``level`` and ``event``; connection lines add ``conn`` and
+Every line has ``ts``, ``level`` and ``msg``; connection lines add ``conn`` and
 ``user``. At ``debug`` level every frame in and out is logged with its size and its
 text, with tokens redacted. Tokens and API keys never reach a log line: frames pass
 through ``redact`` and request URLs are logged without their query string.
@@ -31,7 +31,7 @@ class JsonFormatter(logging.Formatter):
         line: dict[str, Any] = {
             "ts": round(record.created, 3),
             "level": record.levelname.lower(),
-            "event": record.getMessage(),
+            "msg": record.getMessage(),
         }
         fields = getattr(record, "fields", None)
         if fields:
@@ -54,9 +54,9 @@ def setup(level: str) -> None:
     logging.getLogger("tornado").setLevel(max(logging.WARNING, logger.level))
 
 
-def log(level: int, event: str, **fields: Any) -> None:
+def log(level: int, message: str, **fields: Any) -> None:
     if logger.isEnabledFor(level):
-        logger.log(level, event, extra={"fields": fields})
+        logger.log(level, message, extra={"fields": fields})
 
 
 def debug_enabled() -> bool:

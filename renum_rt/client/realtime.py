@@ -180,7 +180,7 @@ class RealtimeClient:
         self._processed: dict[str, str] = {}
         self._inbox: collections.deque[Event] = collections.deque()
         self._inbox_ready = asyncio.Event()
-        self._consuming = False
+        self._consumer = 0  # events() calls so far: the latest one consumes
 
     # -- public API ---------------------------------------------------------------
 
@@ -191,6 +191,7 @@ class RealtimeClient:
         connection. Raises ``ConnectionClosedError`` if the client stops instead.
         """
         if self._run_task is None or self._run_task.done():
+            self._set_state(CONNECTING)
             self._run_task = asyncio.ensure_future(self._run())
             if self._on_event is not None and (self._dispatch_task is None or self._dispatch_task.done()):
                 self._dispatch_task = asyncio.ensure_future(self._dispatch())
@@ -211,24 +212,33 @@ class RealtimeClient:
         ``since`` (an event id) asks for everything after it first; without it, the
         last id this client saw on the channel is used, if any. ``token`` is a
         subscription token; it is presented again on every re-subscription. The
-        channel stays subscribed across reconnections until ``unsubscribe``.
+        channel stays subscribed across reconnections until ``unsubscribe``. A
+        connection lost before the reply is retried on the next connection.
         """
-        await self._ready()
         if since is not None:
             self._last[channel] = parse_id(since)
-        self._subs[channel] = token
-        try:
-            return await self._wait_reply(self._send_subscribe(channel, token))
-        except BaseException:
-            if self._subs.get(channel, "") == token:
-                del self._subs[channel]
-            raise
+        while True:
+            await self._ready()
+            self._subs[channel] = token
+            try:
+                return await self._wait_reply(*self._send_subscribe(channel, token))
+            except ConnectionClosedError as exc:
+                self._subs.pop(channel, None)  # before the next welcome, which would re-subscribe it too
+                if exc.code != "connection_lost":
+                    raise
+            except BaseException:
+                self._subs.pop(channel, None)
+                raise
 
-    async def unsubscribe(self, channel: str) -> dict[str, Any]:
-        """Stop receiving ``channel``; return the ``unsubscribed`` reply."""
-        await self._ready()
+    async def unsubscribe(self, channel: str) -> None:
+        """Stop receiving ``channel``, here and on every later connection."""
         self._subs.pop(channel, None)
-        return await self.request("unsubscribe", channel=channel)
+        if self.state != CONNECTED:
+            return  # the next connection will not subscribe it
+        try:
+            await self.request("unsubscribe", channel=channel)
+        except ConnectionClosedError:
+            pass  # same: the connection that had it is gone
 
     async def ack(self, channel: str, id: str) -> None:
         """Tell the server that everything up to ``id`` on ``channel`` was processed.
@@ -254,36 +264,43 @@ class RealtimeClient:
         """
         await self._ready()
         ref = str(next(self._refs))
-        future = self._expect(ref)
         self._send({"type": type, "ref": ref, **fields})
-        return await self._wait_reply(future)
+        return await self._wait_reply(ref, self._expect(ref))
 
     async def events(self) -> AsyncIterator[Event]:
         """Iterate over events, in order, until the client stops.
 
         Each durable (``user:``) event is acknowledged (with ``auto_ack``) when the loop
-        asks for the next one, that is once the application has processed it. One
-        consumer at a time: not usable together with ``on_event``.
+        asks for the next one, that is once the application has processed it. The
+        latest ``events()`` call is the one consumer (an earlier loop ends); not usable
+        together with ``on_event``.
         """
-        if self._consuming:
-            raise RuntimeError("events() already has a consumer (another loop, or on_event)")
-        self._consuming = True
-        try:
-            while True:
-                while not self._inbox:
-                    if self.state in STOPPED:
-                        return
-                    self._inbox_ready.clear()
-                    await self._inbox_ready.wait()
-                event = self._inbox.popleft()
-                yield event
-                self._processed_event(event)
-        finally:
-            self._consuming = False
+        if self._on_event is not None and asyncio.current_task() is not self._dispatch_task:
+            raise RuntimeError("events() is consumed by on_event on this client")
+        self._consumer += 1
+        me = self._consumer
+        while True:
+            while not self._inbox:
+                if self.state in STOPPED or me != self._consumer:
+                    return
+                self._inbox_ready.clear()
+                await self._inbox_ready.wait()
+            if me != self._consumer:
+                return
+            event = self._inbox.popleft()
+            yield event
+            self._processed_event(event)
 
     # -- connection loop ------------------------------------------------------------
 
     async def _run(self) -> None:
+        try:
+            await self._loop()
+        except Exception:
+            log.exception("realtime client failed")
+            self._stop(FAILED, self.close_code, "internal error of the client")
+
+    async def _loop(self) -> None:
         """Connect, serve, and reconnect per the close-code table until stopped."""
         attempt = 0
         refreshing = False  # the last session ended with 4001: the next token is the fresh one
@@ -313,7 +330,7 @@ class RealtimeClient:
                 self._stop(DISCONNECTED, code, session.close_reason)
                 return
             elif code == _REFUSED:
-                self._stop(FAILED, code, session.close_reason)
+                self._stop(FAILED, None, session.close_reason)
                 return
             attempt += 1
 
@@ -361,10 +378,13 @@ class RealtimeClient:
                 if message is None:
                     session.close_code, session.close_reason = conn.close_code, conn.close_reason
                     return session
-                self._on_message(message, session)
+                try:
+                    self._on_message(message, session)
+                except ConnectionClosedError:
+                    pass  # a reply could not be written: the connection is closing, read its close
         finally:
             self._conn = None
-            conn.close()
+            conn.close(_CLOSE_NORMAL)
 
     # -- frames in --------------------------------------------------------------------
 
@@ -405,7 +425,7 @@ class RealtimeClient:
             for channel, event_id in self._processed.items():
                 self._send({"type": "ack", "channel": channel, "id": event_id})
         for channel, token in self._subs.items():
-            future = self._send_subscribe(channel, token)
+            _, future = self._send_subscribe(channel, token)
             future.add_done_callback(lambda f, channel=channel: self._resubscribed(channel, f))
 
     def _resubscribed(self, channel: str, future: asyncio.Future[dict[str, Any]]) -> None:
@@ -446,33 +466,29 @@ class RealtimeClient:
         except WebSocketClosedError:
             raise ConnectionClosedError("connection_lost", "the connection is closing", close_code=self.close_code) from None
 
-    def _send_subscribe(self, channel: str, token: str | None) -> asyncio.Future[dict[str, Any]]:
+    def _send_subscribe(self, channel: str, token: str | None) -> tuple[str, asyncio.Future[dict[str, Any]]]:
         ref = str(next(self._refs))
         frame: dict[str, Any] = {"type": "subscribe", "ref": ref, "channel": channel}
         if channel in self._last:
             frame["since"] = format_id(self._last[channel])
         if token is not None:
             frame["token"] = token
-        future = self._expect(ref)
         self._send(frame)
-        return future
+        return ref, self._expect(ref)
 
     def _expect(self, ref: str) -> asyncio.Future[dict[str, Any]]:
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[ref] = future
         return future
 
-    async def _wait_reply(self, future: asyncio.Future[dict[str, Any]]) -> dict[str, Any]:
+    async def _wait_reply(self, ref: str, future: asyncio.Future[dict[str, Any]]) -> dict[str, Any]:
         try:
             return await asyncio.wait_for(asyncio.shield(future), self.request_timeout)
         except asyncio.TimeoutError:
             raise RealtimeError("timeout", f"no reply within {self.request_timeout} s") from None
         finally:
-            if not future.done():
-                future.cancel()
-            for ref, pending in list(self._pending.items()):
-                if pending is future:
-                    del self._pending[ref]
+            if self._pending.get(ref) is future:
+                del self._pending[ref]
 
     def _fail_pending(self, exc: Exception) -> None:
         pending, self._pending = self._pending, {}
@@ -499,7 +515,7 @@ class RealtimeClient:
         if not event.channel.startswith("user:"):
             return
         self._processed[event.channel] = event.id
-        if self.auto_ack and self._conn is not None:
+        if self.auto_ack and self.state == CONNECTED:
             try:
                 self._send({"type": "ack", "channel": event.channel, "id": event.id})
             except ConnectionClosedError:
