@@ -42,7 +42,8 @@ def app(node: Node) -> Any:
 
 
 @pytest.fixture
-def ws_url(base_url: str) -> str:
+def ws_url(http_server: Any, base_url: str) -> str:
+    """The server's /ws URL (depending on ``http_server`` makes the server listen)."""
     return base_url.replace("http://", "ws://") + "/ws"
 
 

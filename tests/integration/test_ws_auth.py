@@ -1,0 +1,134 @@
+"""Authentication and the upgrade: URL tokens, the auth frame, versions, origins, expiry."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import jwt
+import pytest
+import tornado.httpclient
+import tornado.websocket
+import ujson
+
+from tests.conftest import SECRET
+from tests.support.wsclient import connect
+
+
+async def refused(ws_url: str, **kw: Any) -> tuple[int, dict[str, Any]]:
+    """Try to open ``ws_url``; return the HTTP status and JSON body of the refusal."""
+    request = tornado.httpclient.HTTPRequest(ws_url, **kw)
+    with pytest.raises(tornado.httpclient.HTTPClientError) as info:
+        await tornado.websocket.websocket_connect(request, subprotocols=kw.pop("subprotocols", None))
+    response = info.value.response
+    assert response is not None
+    return info.value.code, ujson.loads(response.body)
+
+
+BAD_URL_TOKENS = {
+    "garbage": lambda t: "not-a-jwt",
+    "expired": lambda t: t("u1", ttl_s=-3600),
+    "bad signature": lambda t: jwt.encode({"sub": "u1", "exp": 9999999999}, "another-secret-" + "y" * 32, "HS256"),
+    "alg none": lambda t: jwt.encode({"sub": "u1", "exp": 9999999999}, None, algorithm="none"),
+    "no sub": lambda t: jwt.encode({"exp": 9999999999}, SECRET, "HS256"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_URL_TOKENS))
+@pytest.mark.gen_test
+async def test_bad_url_token_is_refused_before_upgrade(ws_url: str, token: Any, case: str) -> None:
+    status, body = await refused(f"{ws_url}?token={BAD_URL_TOKENS[case](token)}")
+    assert status == 401
+    assert body["error"]["code"] == "unauthorized" and body["error"]["message"]
+
+
+@pytest.mark.gen_test
+async def test_auth_frame_authenticates(ws_url: str, token: Any) -> None:
+    client = await connect(ws_url, welcome=False)
+    await client.send({"type": "auth", "token": token("u7")})
+    welcome = await client.recv()
+    assert welcome is not None and welcome["type"] == "welcome" and welcome["user_id"] == "u7"
+    assert (await client.request({"type": "ping"}))["type"] == "pong"
+    client.close()
+
+
+@pytest.mark.gen_test
+async def test_bad_auth_frame_gets_error_then_4001(ws_url: str, token: Any) -> None:
+    client = await connect(ws_url, welcome=False)
+    await client.send({"type": "auth", "token": token("u1", ttl_s=-3600), "ref": "a"})
+    error = await client.recv()
+    assert error is not None and error["type"] == "error" and error["code"] == "unauthorized" and error["ref"] == "a"
+    assert await client.closed() == 4001
+
+
+@pytest.mark.gen_test
+async def test_frame_before_auth_is_refused(ws_url: str) -> None:
+    client = await connect(ws_url, welcome=False)
+    await client.send({"type": "subscribe", "channel": "system"})
+    error = await client.recv()
+    assert error is not None and error["code"] == "unauthorized"
+    assert await client.closed() == 4001
+
+
+@pytest.mark.settings(auth_timeout_s=0.3)
+@pytest.mark.gen_test
+async def test_no_auth_frame_within_deadline_closes_4001(ws_url: str) -> None:
+    client = await connect(ws_url, welcome=False)
+    error = await client.recv()
+    assert error is not None and error["code"] == "unauthorized"
+    assert await client.closed() == 4001
+
+
+@pytest.mark.gen_test
+async def test_subprotocol_renum_v1_is_selected(ws_url: str, token: Any) -> None:
+    client = await connect(ws_url, token("u1"), subprotocols=["renum.v1"])
+    assert client.conn.selected_subprotocol == "renum.v1"
+    client.close()
+
+
+@pytest.mark.gen_test
+async def test_unknown_version_is_refused_with_supported_list(ws_url: str, token: Any) -> None:
+    request = tornado.httpclient.HTTPRequest(f"{ws_url}?token={token('u1')}")
+    with pytest.raises(tornado.httpclient.HTTPClientError) as info:
+        await tornado.websocket.websocket_connect(request, subprotocols=["renum.v9"])
+    assert info.value.code == 400
+    body = ujson.loads(info.value.response.body)
+    assert body["error"]["code"] == "unsupported_version" and body["error"]["supported"] == ["renum.v1"]
+
+
+@pytest.mark.gen_test
+async def test_foreign_origin_is_refused(ws_url: str, token: Any) -> None:
+    status, body = await refused(f"{ws_url}?token={token('u1')}", headers={"Origin": "https://evil.example"})
+    assert status == 403 and body["error"]["code"] == "forbidden"
+
+
+@pytest.mark.settings(allowed_origins=("https://app.renum.example",))
+@pytest.mark.gen_test
+async def test_allowed_origin_connects(ws_url: str, token: Any) -> None:
+    client = await connect(ws_url, token("u1"), headers={"Origin": "https://app.renum.example"})
+    client.close()
+
+
+@pytest.mark.settings(jwt_leeway_s=0)
+@pytest.mark.gen_test
+async def test_token_expiring_unrefreshed_closes_4001(ws_url: str, token: Any) -> None:
+    client = await connect(ws_url, token("u1", ttl_s=1))
+    error = await client.recv_type("error", timeout=5)
+    assert error["code"] == "unauthorized"
+    assert await client.closed() == 4001
+
+
+@pytest.mark.settings(jwt_leeway_s=0)
+@pytest.mark.gen_test
+async def test_refresh_replaces_token_in_place(ws_url: str, token: Any) -> None:
+    client = await connect(ws_url, token("u1", ttl_s=1))
+    reply = await client.request({"type": "refresh", "token": token("u1", ttl_s=3600)})
+    assert reply["type"] == "ok"
+    await asyncio.sleep(1.5)  # past the first token's expiry: the connection must still serve
+    assert (await client.request({"type": "ping"}))["type"] == "pong"
+    other = await client.request({"type": "refresh", "token": token("someone-else")})
+    assert other["type"] == "error" and other["code"] == "forbidden"
+    bad = await client.request({"type": "refresh", "token": "nope"})
+    assert bad["type"] == "error" and bad["code"] == "unauthorized"
+    assert (await client.request({"type": "ping"}))["type"] == "pong"
+    client.close()
