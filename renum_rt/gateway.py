@@ -28,6 +28,10 @@ from .protocol.errors import CLOSE_IDLE, CLOSE_KICKED, CLOSE_TOO_MANY, CLOSE_UNA
 from .session import Session
 
 
+#: what a connection refused for a cap is told to wait before it tries again
+RECONNECT_AFTER_MS = 1000
+
+
 class Connection(Protocol):
     """What the gateway needs of one client connection (the WebSocket handler)."""
 
@@ -102,7 +106,8 @@ class Gateway:
         identity = session.identity
         assert identity is not None
         if not self.address_allowed(session.address):
-            raise Refused(CLOSE_TOO_MANY, ProtocolError("rate_limited", "too many connections from this address"))
+            raise Refused(CLOSE_TOO_MANY, ProtocolError("rate_limited", "too many connections from this address",
+                                                        retry_after_ms=RECONNECT_AFTER_MS))
         try:
             admitted = await self.engine.connection_opened(
                 self.node_id, identity.user_id, self.settings.max_connections_per_user
@@ -112,9 +117,8 @@ class Gateway:
         if not admitted:
             raise Refused(
                 CLOSE_TOO_MANY,
-                ProtocolError(
-                    "rate_limited", f"at most {self.settings.max_connections_per_user} connections per user"
-                ),
+                ProtocolError("rate_limited", f"at most {self.settings.max_connections_per_user} connections per user",
+                              retry_after_ms=RECONNECT_AFTER_MS),
             )
         self.connections[session.id] = conn
         self.by_user.setdefault(identity.user_id, set()).add(conn)

@@ -53,9 +53,10 @@ class Session:
         self.messages_in += 1
         if not self.bucket.take(now):
             self.limited_in_row += 1
-            if self.limited_in_row >= self.settings.flood_close_after:
-                raise ProtocolError("rate_limited", "too many frames after rate_limited: closing", close=CLOSE_POLICY)
             retry = max(1, int(self.bucket.retry_after(now) * 1000 + 0.999))
+            if self.limited_in_row >= self.settings.flood_close_after:
+                raise ProtocolError("rate_limited", "too many frames after rate_limited: closing",
+                                    retry_after_ms=retry, close=CLOSE_POLICY)
             raise ProtocolError("rate_limited", f"more than {self.settings.rate:g} frames per second", retry_after_ms=retry)
         self.limited_in_row = 0
         if len(message) > self.settings.max_frame_bytes:
