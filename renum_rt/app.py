@@ -21,6 +21,7 @@ from .config import Settings
 from .engines import EngineUnavailable, Retention, make_engine
 from .gateway import Gateway
 from .handlers.admin import AdminBroadcastHandler, ConnectionsHandler, DisconnectHandler, StatsHandler
+from .handlers.base import NotFoundHandler
 from .handlers.api import BroadcastHandler, OpenApiHandler, PublishHandler
 from .handlers.health import HealthHandler
 from .handlers.ws import WebSocketHandler
@@ -56,6 +57,8 @@ def make_app(gateway: Gateway) -> tornado.web.Application:
     return tornado.web.Application(
         routes,
         static_path=str(STATIC),
+        default_handler_class=NotFoundHandler,
+        default_handler_args=g,
         log_function=access_log,
         websocket_ping_interval=s.heartbeat_ms / 1000,
         websocket_ping_timeout=s.heartbeat_ms / 1000,

@@ -24,8 +24,9 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture
 def settings(request: pytest.FixtureRequest) -> Settings:
     marker = request.node.get_closest_marker("settings")
-    overrides: dict[str, Any] = dict(marker.kwargs) if marker else {}
-    return Settings(jwt_secret=SECRET, api_key=(API_KEY,), **overrides)
+    values: dict[str, Any] = {"jwt_secret": SECRET, "api_key": (API_KEY,)}
+    values.update(marker.kwargs if marker else {})
+    return Settings(**values)
 
 
 @pytest.fixture

@@ -76,3 +76,10 @@ class JsonHandler(tornado.web.RequestHandler):
         code = {400: "bad_request", 404: "not_found", 405: "bad_request", 413: "too_large"}.get(status_code, "internal")
         message = self._reason if status_code != 500 else "internal error"
         self.finish(ujson.dumps({"error": {"code": code, "message": message}}))
+
+
+class NotFoundHandler(JsonHandler):
+    """Every path no route matches: a JSON 404 instead of Tornado's HTML page."""
+
+    def prepare(self) -> None:
+        self.fail(HttpError(404, "not_found", f"no route {self.request.path[:200]!r}"))
