@@ -16,7 +16,8 @@ from typing import Any, Awaitable, Callable
 import jwt
 import ujson
 
-from .channels import Identity
+from .channels import ChannelError, Identity, user_channel
+from .channels import parse as parse_channel
 from .config import Settings
 
 HMAC_ALGS = ["HS256", "HS384", "HS512"]
@@ -51,9 +52,8 @@ def _string_set(value: Any) -> frozenset[str]:
 class TokenVerifier:
     """Checks signatures and claims; knows which keys and algorithms are trusted."""
 
-    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._clock = clock
         self._secret = settings.jwt_secret or None
         self._public_key = settings.jwt_public_key or None
         self._jwks: dict[str, jwt.PyJWK] = {}
@@ -63,7 +63,10 @@ class TokenVerifier:
     def set_jwks(self, document: dict[str, Any]) -> None:
         """Replace the cached JWKS with ``document`` (a parsed ``{"keys": [...]}``)."""
         keys: dict[str, jwt.PyJWK] = {}
-        for entry in document.get("keys", []):
+        entries = document.get("keys") if isinstance(document, dict) else None
+        for entry in entries if isinstance(entries, list) else []:
+            if not isinstance(entry, dict):
+                continue
             try:
                 key = jwt.PyJWK(entry)
             except (jwt.PyJWKError, jwt.InvalidKeyError, KeyError, TypeError):
@@ -93,6 +96,8 @@ class TokenVerifier:
         """Verified claims of ``token``; raise ``AuthError`` with a reason otherwise."""
         if not isinstance(token, str) or not token:
             raise AuthError("token missing")
+        if not token.isascii():
+            raise AuthError("token is not a JWT")
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -119,8 +124,12 @@ class TokenVerifier:
         except (jwt.PyJWTError, ValueError, TypeError):
             raise AuthError("token is invalid") from None
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not sub or len(sub) > 128:
-            raise AuthError("token 'sub' must be a non-empty string")
+        if not isinstance(sub, str):
+            raise AuthError("token 'sub' must be a string")
+        try:
+            parse_channel(user_channel(sub))
+        except ChannelError:
+            raise AuthError("token 'sub' is not a usable user id (1 to 128 of A-Z a-z 0-9 _ . @ | = + -)") from None
         return claims
 
     def identity(self, token: str) -> Identity:

@@ -94,7 +94,7 @@ def check_subscribe(identity: Identity, channel: object, grant: dict[str, Any] |
     kind, ident = parse(channel)
     assert isinstance(channel, str)
     if grant is not None and grant.get("channel") == channel and grant.get("sub") == identity.user_id:
-        if kind != ADMIN:
+        if kind not in (ADMIN, "user"):  # grants open team and execution channels only
             return channel
     if kind == "user":
         if ident == identity.user_id:

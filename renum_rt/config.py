@@ -9,6 +9,7 @@ A bad value stops the server at start with a message naming the key, never later
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from dataclasses import dataclass
@@ -100,13 +101,14 @@ def _convert(name: str, raw: Any) -> Any:
             items = raw.split(",") if isinstance(raw, str) else list(raw)
             return tuple(str(i).strip() for i in items if str(i).strip())
         if kind == "int":
-            if isinstance(raw, bool):
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
                 raise ValueError
             return int(raw)
         if kind == "float":
-            if isinstance(raw, bool):
+            value = float(raw)
+            if isinstance(raw, bool) or not math.isfinite(value):
                 raise ValueError
-            return float(raw)
+            return value
         if kind == "str":
             if not isinstance(raw, str):
                 raise ValueError
@@ -150,6 +152,11 @@ def _validate(s: Settings) -> None:
     for name in positive:
         if getattr(s, name) <= 0:
             raise ConfigError(f"setting {name!r} must be greater than 0")
+    for name in ("jwt_leeway_s", "history_max_age_s", "jwks_cache_s"):
+        if getattr(s, name) < 0:
+            raise ConfigError(f"setting {name!r} must not be negative")
+    if s.node_heartbeat_s <= 0:
+        raise ConfigError("setting 'node_heartbeat_s' must be greater than 0")
     if s.hard_frame_bytes < s.max_frame_bytes:
         raise ConfigError("setting 'hard_frame_bytes' must be at least 'max_frame_bytes'")
     if s.log_level.lower() not in ("debug", "info", "warning", "error"):

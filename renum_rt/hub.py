@@ -39,14 +39,16 @@ class Hub:
 
     def deliver(self, channel: str, event_id: str, payload: bytes) -> None:
         """Fan one event out to this node's subscribers of ``channel``."""
-        self.last_ids[channel] = event_id
         live = self._live.get(channel)
+        warming = self._warming.get(channel)
+        if not live and not warming:
+            return
+        self.last_ids[channel] = event_id
         if live:
             frame = text_frame(payload)
             for sub in live:
                 sub.send_frame(frame)
             self.delivered += len(live)
-        warming = self._warming.get(channel)
         if warming:
             for buffer in warming.values():
                 buffer.append((event_id, payload))

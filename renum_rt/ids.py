@@ -13,7 +13,7 @@ IdKey = tuple[int, int]
 def parse_id(event_id: str) -> IdKey:
     """Return the sortable key of ``event_id``; raise ``ValueError`` if it is not an id."""
     ms, sep, seq = event_id.partition("-")
-    if not sep or not ms.isdigit() or not seq.isdigit() or len(event_id) > 41:
+    if not sep or not event_id.isascii() or not ms.isdigit() or not seq.isdigit() or len(event_id) > 41:
         raise ValueError(f"not an event id: {event_id!r}")
     return int(ms), int(seq)
 

@@ -28,14 +28,10 @@ def redact(text: str) -> str:
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "msg": record.getMessage(),
-        }
-        fields = getattr(record, "fields", None)
-        if fields:
-            line.update(fields)
+        line: dict[str, Any] = {"ts": round(record.created, 3), "level": record.levelname.lower(),
+                                "msg": record.getMessage()}
+        for key, value in (getattr(record, "fields", None) or {}).items():
+            line.setdefault(key, value)  # a field never hides ts, level or msg
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
         return ujson.dumps(line, ensure_ascii=False, escape_forward_slashes=False)
@@ -56,7 +52,8 @@ def setup(level: str) -> None:
 
 def log(level: int, message: str, **fields: Any) -> None:
     if logger.isEnabledFor(level):
-        logger.log(level, message, extra={"fields": fields})
+        exc_info = fields.pop("exc_info", None)
+        logger.log(level, message, exc_info=exc_info, extra={"fields": fields})
 
 
 def debug_enabled() -> bool:

@@ -59,7 +59,9 @@ class Session:
                                     retry_after_ms=retry, close=CLOSE_POLICY)
             raise ProtocolError("rate_limited", f"more than {self.settings.rate:g} frames per second", retry_after_ms=retry)
         self.limited_in_row = 0
-        if len(message) > self.settings.max_frame_bytes:
+        limit = self.settings.max_frame_bytes
+        if len(message) > limit or (isinstance(message, str) and len(message) * 4 > limit
+                                    and len(message.encode("utf-8", "surrogatepass")) > limit):
             raise ProtocolError("too_large", f"frame larger than {self.settings.max_frame_bytes} bytes")
         frame = parse_client_frame(message)
         if self.identity is None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import inspect
 import itertools
 import logging
@@ -41,6 +42,7 @@ from .backoff import Backoff
 log = logging.getLogger("renum_rt.client")
 
 SUBPROTOCOL: Final = "renum.v1"
+SYSTEM: Final = "system"
 
 # Client states (contract v1, browser client): the values ``on_state`` receives.
 CONNECTING: Final = "connecting"
@@ -416,7 +418,12 @@ class RealtimeClient:
         self._call(self._on_frame, frame)
 
     def _on_welcome(self, frame: dict[str, Any]) -> None:
-        """Connected: re-acknowledge, then re-subscribe every channel from its last id."""
+        """Connected: re-acknowledge, then re-subscribe every channel from its last id.
+
+        The server subscribes ``user:<me>`` (from the ack cursor) and ``system`` (live)
+        by itself; ``system`` is subscribed again with ``since`` so that announcements
+        sent while the client was away are not missed.
+        """
         self.welcome = frame
         self.user_id = frame.get("user_id")
         self.connection_id = frame.get("connection_id")
@@ -424,9 +431,12 @@ class RealtimeClient:
         if self.auto_ack:  # an ack sent just before a drop may have been lost
             for channel, event_id in self._processed.items():
                 self._send({"type": "ack", "channel": channel, "id": event_id})
-        for channel, token in self._subs.items():
+        channels = dict(self._subs)
+        if SYSTEM in self._last:  # subscribed at connect, but from now on: ask for what was missed
+            channels.setdefault(SYSTEM, None)
+        for channel, token in channels.items():
             _, future = self._send_subscribe(channel, token)
-            future.add_done_callback(lambda f, channel=channel: self._resubscribed(channel, f))
+            future.add_done_callback(functools.partial(self._resubscribed, channel))
 
     def _resubscribed(self, channel: str, future: asyncio.Future[dict[str, Any]]) -> None:
         if future.cancelled():

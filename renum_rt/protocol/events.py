@@ -34,8 +34,8 @@ class FieldError(ValueError):
     """A body or event that cannot be accepted, naming the offending field.
 
     ``field`` is a dotted path into the HTTP body (``"event"``, ``"data.progress"``,
-    ``"data.error.code"``, ``"users[3]"``), or ``""`` when the body as a whole is wrong
-    (not a JSON object); handlers leave ``field`` out of the error body then.
+    ``"data.error.code"``, ``"users[3]"``), or ``"body"`` when the body as a whole is
+    wrong (not a JSON object), as for a body that is not JSON at all.
     """
 
     def __init__(self, field: str, message: str) -> None:
@@ -64,6 +64,13 @@ def _optional(rule: Rule) -> Rule:
 def _is_number(v: object) -> bool:
     # bool is an int to Python but not a number to JSON
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_integer(v: object) -> bool:
+    # JSON Schema counts 3.0 as an integer; so do we
+    if isinstance(v, float):
+        return v.is_integer()
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _enum(*values: str) -> Rule:
@@ -108,7 +115,7 @@ _DOMAIN: dict[str, Mapping[str, Rule]] = {
         "data": _optional(OBJECT),
         "link": _optional(STRING),
         "created_at": Rule(
-            lambda v: isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool)),
+            lambda v: isinstance(v, str) or _is_integer(v),
             "an integer or a string",
             required=False,
         ),
@@ -187,7 +194,7 @@ def validate_event(name: str, data: object) -> None:
 
 def _event_of(body: object) -> tuple[dict[str, Any], str, dict[str, Any]]:
     if not isinstance(body, dict):
-        raise FieldError("", "the body must be a JSON object")
+        raise FieldError("body", "the body must be a JSON object")
     name, data = body.get("event"), body.get("data")
     if name is None:
         raise FieldError("event", "event is required: the event name, such as \"execution.status\"")
@@ -227,7 +234,8 @@ def validate_publish(body: object, *, max_users: int = MAX_USERS) -> PublishRequ
             )
         for i, uid in enumerate(listed):
             if not _is_user_id(uid):
-                raise FieldError(f"users[{i}]", f"users[{i}] is not a user id (one that names a user:<id> channel): {uid!r:.80}")
+                where = f"users[{i}]"
+                raise FieldError(where, f"{where} is not a user id (one that names a user:<id> channel): {uid!r:.80}")
         users = tuple(dict.fromkeys(listed))
     if channel is None and not users:
         raise FieldError("channel", "publish needs a channel, a users list, or both")

@@ -80,6 +80,15 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[Any], bool], str, bool]]] = {
 CLIENT_TYPES = frozenset(_SCHEMA)
 
 
+def _encodable(text: str) -> bool:
+    """False for strings holding lone surrogates, which cannot be echoed as UTF-8."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_client_frame(text: str | bytes) -> ClientFrame:
     """Parse and validate one client frame; raise ``ProtocolError`` if it cannot be served."""
     if isinstance(text, bytes):
@@ -91,7 +100,7 @@ def parse_client_frame(text: str | bytes) -> ClientFrame:
     if not isinstance(obj, dict):
         raise ProtocolError("bad_request", "frame must be a JSON object")
     ref = obj.get("ref")
-    if ref is not None and not (isinstance(ref, str) and len(ref) <= MAX_REF):
+    if ref is not None and not (isinstance(ref, str) and len(ref) <= MAX_REF and _encodable(ref)):
         raise ProtocolError("bad_request", f"ref must be a string of at most {MAX_REF} characters", field="ref")
     kind = obj.get("type")
     if not isinstance(kind, str):

@@ -1,0 +1,255 @@
+"""Settings: defaults < TOML file < environment < overrides, validated at load."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+import pytest
+
+from renum_rt import config
+from renum_rt.config import DEFAULT_CONFIG, ConfigError, Settings, load, with_changes
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("RENUM_RT_"):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "rt.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------- defaults
+
+
+def test_default_file_is_the_repository_one() -> None:
+    assert DEFAULT_CONFIG.name == "renum-rt.toml" and DEFAULT_CONFIG.parent.name == "config"
+    assert DEFAULT_CONFIG.exists()
+
+
+def test_load_without_env_equals_builtin_defaults(clean_env: pytest.MonkeyPatch) -> None:
+    assert load() == Settings()
+    assert load(env={}) == Settings()
+
+
+def test_default_toml_lists_every_setting_with_its_default() -> None:
+    with open(DEFAULT_CONFIG, "rb") as fh:
+        table = tomllib.load(fh)
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    assert set(table) == set(fields)
+    defaults = Settings()
+    for name, raw in table.items():
+        value = getattr(defaults, name)
+        expected = tuple(raw) if isinstance(value, tuple) else raw
+        assert value == expected and type(value) is type(expected), name
+
+
+def test_contract_defaults() -> None:
+    s = Settings()
+    assert (s.host, s.port) == ("127.0.0.1", 8765)
+    assert (s.rate, s.burst, s.max_frame_bytes, s.max_subscriptions, s.max_connections_per_user) == (
+        50.0, 100, 64 * 1024, 100, 20)
+    assert s.idle_timeout == 1800.0
+    assert (s.admin_claim, s.admin_value) == ("app_metadata.role", "admin")
+    assert s.auth_timeout_s == 10.0
+    assert s.redis_url == ""
+
+
+# ---------------------------------------------------------------- environment
+
+
+def test_env_overrides() -> None:
+    s = load(env={
+        "RENUM_RT_IDLE_TIMEOUT": "600",
+        "RENUM_RT_API_KEY": "k1, k2,,k3 ",
+        "RENUM_RT_JWT_SECRET": "sekrit",
+        "RENUM_RT_PORT": " 9000 ",
+        "RENUM_RT_ALLOWED_ORIGINS": "https://a.example,https://b.example/",
+        "RENUM_RT_ADMIN_CLAIM": "role",
+        "RENUM_RT_UNRELATED": "ignored",
+        "IDLE_TIMEOUT": "1",
+    })
+    assert s.idle_timeout == 600.0 and isinstance(s.idle_timeout, float)
+    assert s.api_key == ("k1", "k2", "k3")
+    assert s.jwt_secret == "sekrit"
+    assert s.port == 9000
+    assert s.allowed_origins == ("https://a.example", "https://b.example/")
+    assert s.admin_claim == "role"
+    assert s == with_changes(Settings(), idle_timeout=600.0, api_key=("k1", "k2", "k3"), jwt_secret="sekrit",
+                             port=9000, allowed_origins=("https://a.example", "https://b.example/"),
+                             admin_claim="role")
+
+
+def test_single_api_key_and_empty_list() -> None:
+    assert load(env={"RENUM_RT_API_KEY": "only"}).api_key == ("only",)
+    assert load(env={"RENUM_RT_API_KEY": ""}).api_key == ()
+
+
+def test_load_reads_os_environ(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("RENUM_RT_IDLE_TIMEOUT", "42")
+    assert load().idle_timeout == 42.0
+
+
+def test_precedence_file_env_overrides(tmp_path: Path) -> None:
+    path = write(tmp_path, "idle_timeout = 100.0\nport = 1111\nrate = 5.0\n")
+    s = load(path, env={"RENUM_RT_PORT": "2222", "RENUM_RT_RATE": "6"}, rate=7.0, host=None)
+    assert (s.idle_timeout, s.port, s.rate, s.host) == (100.0, 2222, 7.0, "127.0.0.1")
+
+
+# ---------------------------------------------------------------- TOML file
+
+
+def test_toml_file_via_path(tmp_path: Path) -> None:
+    path = write(tmp_path, 'api_key = ["a", "b"]\nidle_timeout = 60\nlog_level = "debug"\n'
+                           'allowed_origins = ["https://x.example"]\n')
+    s = load(path, env={})
+    assert s.api_key == ("a", "b")
+    assert s.idle_timeout == 60.0 and isinstance(s.idle_timeout, float)
+    assert s.log_level == "debug"
+    assert s.allowed_origins == ("https://x.example",)
+    # everything else keeps its default
+    assert with_changes(s, api_key=(), idle_timeout=1800.0, log_level="info", allowed_origins=()) == Settings()
+
+
+def test_toml_string_list_may_be_comma_separated(tmp_path: Path) -> None:
+    assert load(write(tmp_path, 'api_key = "a, b"\n'), env={}).api_key == ("a", "b")
+
+
+def test_unknown_toml_key_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(write(tmp_path, "idle_timout = 5\n"), env={})
+    assert "idle_timout" in str(info.value)
+
+
+def test_missing_or_broken_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        load(tmp_path / "missing.toml", env={})
+    with pytest.raises(ConfigError):
+        load(write(tmp_path, "port = = 1\n"), env={})
+
+
+# ---------------------------------------------------------------- bad values
+
+
+@pytest.mark.parametrize(
+    "name, raw",
+    [
+        ("IDLE_TIMEOUT", "soon"),
+        ("PORT", "80.5"),
+        ("PORT", "http"),
+        ("BURST", ""),
+        ("RATE", "fast"),
+        ("MAX_FRAME_BYTES", "64k"),
+    ],
+)
+def test_bad_env_value_names_the_key(name: str, raw: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(env={f"RENUM_RT_{name}": raw})
+    assert name.lower() in str(info.value)
+    assert f"RENUM_RT_{name}" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "line, key",
+    [
+        ("host = 5", "host"),
+        ("port = true", "port"),
+        ("rate = false", "rate"),
+        ("idle_timeout = \"x\"", "idle_timeout"),
+        ("api_key = 5", "api_key"),
+        ("log_level = 3", "log_level"),
+        ("port = [1]", "port"),
+    ],
+)
+def test_bad_toml_value_names_the_key(tmp_path: Path, line: str, key: str) -> None:
+    path = write(tmp_path, line + "\n")
+    with pytest.raises(ConfigError) as info:
+        load(path, env={})
+    assert repr(key) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "name, raw",
+    [
+        ("rate", "0"), ("burst", "-1"), ("idle_timeout", "0"), ("max_frame_bytes", "0"), ("port", "-5"),
+        ("max_subscriptions", "0"), ("flood_close_after", "0"), ("auth_timeout_s", "-1"),
+    ],
+)
+def test_non_positive_values_are_refused(name: str, raw: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(env={f"RENUM_RT_{name.upper()}": raw})
+    assert repr(name) in str(info.value)
+
+
+def test_cross_checks() -> None:
+    with pytest.raises(ConfigError) as info:
+        load(env={"RENUM_RT_MAX_FRAME_BYTES": "2000", "RENUM_RT_HARD_FRAME_BYTES": "1000"})
+    assert "hard_frame_bytes" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        load(env={"RENUM_RT_LOG_LEVEL": "verbose"})
+    assert "log_level" in str(info.value)
+    assert load(env={"RENUM_RT_LOG_LEVEL": "DEBUG"}).log_level == "DEBUG"
+    with pytest.raises(ConfigError) as info:
+        load(env={"RENUM_RT_JWT_PUBLIC_KEY": "pem", "RENUM_RT_JWKS_URL": "https://x"})
+    assert "RENUM_RT_JWKS_URL" in str(info.value)
+
+
+def test_overrides_are_validated() -> None:
+    with pytest.raises(ConfigError):
+        load(env={}, port=0)
+
+
+@pytest.mark.parametrize("name", ["IDLE_TIMEOUT", "RATE", "AUTH_TIMEOUT_S"])
+def test_nan_is_refused(name: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(env={f"RENUM_RT_{name}": "nan"})
+    assert name.lower() in str(info.value)
+
+
+def test_toml_float_for_int_setting_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(write(tmp_path, "burst = 1.5\n"), env={})
+    assert "'burst'" in str(info.value)
+
+
+# ---------------------------------------------------------------- derived values
+
+
+def test_origins_default_and_explicit() -> None:
+    assert Settings().origins() == frozenset({"http://127.0.0.1:8765"})
+    assert Settings(host="0.0.0.0", port=9000).origins() == frozenset({"http://0.0.0.0:9000"})
+    assert Settings(public_origin="https://rt.example/").origins() == frozenset({"https://rt.example"})
+    explicit = Settings(allowed_origins=("https://a.example/", "https://b.example"), public_origin="https://rt.example")
+    assert explicit.origins() == frozenset({"https://a.example", "https://b.example"})
+
+
+@pytest.mark.parametrize(
+    "timeout, sweep",
+    [(1800.0, 60.0), (600.0, 60.0), (601.0, 60.0), (300.0, 30.0), (10.0, 1.0), (1.0, 0.1)],
+)
+def test_idle_sweep_is_a_tenth_of_the_timeout_at_most_60s(timeout: float, sweep: float) -> None:
+    assert Settings(idle_timeout=timeout).idle_sweep_s() == pytest.approx(sweep)
+
+
+def test_idle_sweep_has_a_floor() -> None:
+    assert Settings(idle_timeout=0.01).idle_sweep_s() == 0.05
+
+
+def test_with_changes_copies() -> None:
+    base = Settings()
+    changed = with_changes(base, rate=1.0)
+    assert changed.rate == 1.0 and base.rate == 50.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        base.rate = 2.0  # type: ignore[misc]
+
+
+def test_exports() -> None:
+    assert set(config.__all__) == {"ConfigError", "Settings", "load", "with_changes"}
