@@ -79,7 +79,8 @@ class AdminBroadcastHandler(AdminHandler):
             try:
                 validate_event("system.announcement", data)
             except FieldError as exc:
-                raise HttpError(400, "bad_request", exc.message, field=exc.field.removeprefix("data.")) from None
+                field = exc.field.removeprefix("data.")
+                raise HttpError(400, "bad_request", exc.message.replace(exc.field, field, 1), field=field) from None
             log(logging.WARNING, "admin broadcast", by=identity.user_id, title=str(data["title"])[:80])
             return await self.gateway.publish([channels.SYSTEM], "system.announcement", data, None)
 

@@ -7,12 +7,12 @@ the answer is 200 only once it is stored. A store outage is 503 with nothing acc
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from .. import channels
 from ..engines import EngineUnavailable
 from ..engines.base import IdempotencyInProgress
 from ..limits import KeyedBuckets
@@ -26,7 +26,8 @@ MAX_IDEMPOTENCY_KEY = 200
 class PublishHandler(JsonHandler):
     """``POST /api/v1/publish`` (and, with another validator, ``/api/v1/broadcast``)."""
 
-    validate: Callable[[Any], PublishRequest] = staticmethod(validate_publish)  # type: ignore[assignment]
+    def validate(self, body: Any) -> PublishRequest:
+        return validate_publish(body, max_users=self.gateway.settings.max_users_per_publish)
     buckets: KeyedBuckets
 
     def initialize(self, gateway: Any, buckets: KeyedBuckets) -> None:  # type: ignore[override]
@@ -43,29 +44,30 @@ class PublishHandler(JsonHandler):
             raise HttpError(429, "rate_limited", "too many requests for this API key", headers={"Retry-After": str(seconds)})
         return key
 
-    def _idempotency_key(self) -> str | None:
+    def _idempotency_key(self, api_key: str) -> str | None:
+        """The stored key: scoped by API key and route, so two services (or publish and
+        broadcast) reusing a key never see each other's answers."""
         key = self.request.headers.get("Idempotency-Key")
         if key is None:
             return None
         if not (0 < len(key) <= MAX_IDEMPOTENCY_KEY) or not key.isprintable():
             raise HttpError(400, "bad_request", f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters",
                             field="Idempotency-Key")
-        return f"{self.request.path}:{key}"
+        scope = hashlib.sha256(api_key.encode()).hexdigest()[:16]
+        return f"{scope}:{self.request.path}:{key}"
 
     async def post(self) -> None:
         try:
-            self._check_key()
+            api_key = self._check_key()
             body = self.json_body()
             try:
                 request = self.validate(body)
             except FieldError as exc:
                 raise HttpError(400, "bad_request", exc.message, field=exc.field) from None
-            idempotency_key = self._idempotency_key()
-            targets = list(dict.fromkeys(
-                ([request.channel] if request.channel else []) + [channels.user_channel(u) for u in request.users]
-            ))
+            idempotency_key = self._idempotency_key(api_key)
             try:
-                answer = await self.gateway.publish(targets, request.event, request.data, idempotency_key)
+                answer = await self.gateway.publish(list(request.targets), request.event, request.data,
+                                                    idempotency_key)
             except EngineUnavailable:
                 raise HttpError(503, "unavailable", "the event store is unreachable; nothing was accepted, retry",
                                 headers={"Retry-After": "1"}) from None
@@ -81,7 +83,8 @@ class PublishHandler(JsonHandler):
 class BroadcastHandler(PublishHandler):
     """``POST /api/v1/broadcast``: an event to every user, on ``system``."""
 
-    validate = staticmethod(validate_broadcast)  # type: ignore[assignment]
+    def validate(self, body: Any) -> PublishRequest:
+        return validate_broadcast(body)
 
 
 class OpenApiHandler(JsonHandler):

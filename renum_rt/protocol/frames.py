@@ -22,8 +22,8 @@ MAX_REF = 64
 MAX_TOKEN = 8192
 
 
-def encode(frame: dict[str, Any]) -> str:
-    """JSON text of one server frame."""
+def encode(frame: Any) -> str:
+    """JSON text of one server frame (or of one value inside a frame)."""
     return ujson.dumps(frame, ensure_ascii=False, escape_forward_slashes=False)
 
 

@@ -143,3 +143,19 @@ async def test_healthz(http_client: Any, base_url: str) -> None:
 async def test_unknown_route_is_json_404(http_client: Any, base_url: str) -> None:
     response = await http_client.fetch(base_url + "/api/v1/nope", raise_error=False)
     assert response.code == 404 and error_of(response)["code"] == "not_found"
+
+
+@pytest.mark.settings(api_key=("service-a", "service-b"))
+@pytest.mark.gen_test
+async def test_idempotency_keys_are_scoped_per_api_key(http_client: Any, base_url: str) -> None:
+    body = {"users": ["a"], "event": "x.y", "data": {}}
+    first = await publish(http_client, base_url, body, key="service-a", headers={"Idempotency-Key": "same"})
+    second = await publish(http_client, base_url, body, key="service-b", headers={"Idempotency-Key": "same"})
+    assert first.code == second.code == 200 and first.body != second.body
+
+
+@pytest.mark.settings(max_users_per_publish=2)
+@pytest.mark.gen_test
+async def test_users_per_publish_are_bounded(http_client: Any, base_url: str) -> None:
+    response = await publish(http_client, base_url, {"users": ["a", "b", "c"], "event": "x.y", "data": {}})
+    assert response.code == 400 and error_of(response)["field"] == "users"
