@@ -124,15 +124,16 @@ class Gateway:
         self.by_user.setdefault(identity.user_id, set()).add(conn)
         self.by_address[session.address] = self.by_address.get(session.address, 0) + 1
         log(logging.INFO, "connect", conn=session.id, user=identity.user_id, ip=session.address, admin=identity.is_admin)
-        conn.send(session.welcome())
         await self._attach(conn, channels.SYSTEM)
         own = channels.user_channel(identity.user_id)
+        welcome = session.welcome()
         try:
             cursor = await self.engine.cursor(own)
-            await self._attach(conn, own, since=cursor, history=True)
+            await self._attach(conn, own, since=cursor, history=True, announce=welcome)
         except (EngineUnavailable, ProtocolError):
-            # the store is down: go live on the user channel; what is pending is
-            # delivered on the next connect, nothing is lost
+            # the store is down: go live on the user channel; what is pending stays
+            # stored and is delivered on a later connect, nothing is lost
+            conn.send({**welcome, "recovered": False, "replayed": 0})
             conn.send(_unavailable().frame())
             await self._attach(conn, own)
 
@@ -218,7 +219,7 @@ class Gateway:
             history=since is not None,
             latest=first and since is None and channels.keeps_latest(channel),
             ref=ref,
-            announce=True,
+            announce={"type": "subscribed", "ref": ref, "channel": channel},
         )
 
     async def _attach(
@@ -230,7 +231,7 @@ class Gateway:
         history: bool = False,
         latest: bool = False,
         ref: str | None = None,
-        announce: bool = False,
+        announce: dict[str, Any] | None = None,
     ) -> None:
         """Add ``channel`` to ``conn`` with no gap and no duplicate.
 
@@ -238,7 +239,9 @@ class Gateway:
         read until the replay is sent; then the buffer is released without what the
         replay already covered. ``history`` replays everything after ``since`` (all
         retained events when ``since`` is None); ``latest`` sends the channel's latest
-        state first; ``announce`` sends the ``subscribed`` reply.
+        state first. ``announce`` is a frame (the ``subscribed`` reply, or ``welcome``
+        for the user channel at connect) sent before the replay, with ``recovered`` and
+        ``replayed`` added, so the client knows what is coming and whether it is whole.
         """
         session = conn.session
         hub = self.hub
@@ -262,9 +265,8 @@ class Gateway:
             hub.remove(conn, channel)
             return
         session.channels.add(channel)
-        if announce:
-            conn.send({"type": "subscribed", "ref": ref, "channel": channel, "recovered": recovered,
-                       "replayed": len(events)})
+        if announce is not None:
+            conn.send({**announce, "recovered": recovered, "replayed": len(events)})
         last = since
         for event in events:
             conn.send_frame(text_frame(event_frame(event.channel, event.id, event.ts, event.name, event.data)))

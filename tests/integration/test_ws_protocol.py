@@ -195,7 +195,10 @@ async def test_durable_user_channel_replays_after_ack_cursor(
         response = await publish(http_client, base_url, {"users": ["u5"], "event": "execution.status",
                                                           "data": {**STATUS, "progress": n}})
         ids.append(ujson.loads(response.body)["ids"]["user:u5"])
-    client = await connect(ws_url, token("u5"))
+    client = await connect(ws_url, token("u5"), welcome=False)
+    welcome = await client.recv()
+    assert welcome is not None and welcome["type"] == "welcome"
+    assert welcome["replayed"] == 3 and welcome["recovered"] is True
     got = [(await client.recv_type("event"))["id"] for _ in range(3)]
     assert got == ids
     reply = await client.request({"type": "ack", "channel": "user:u5", "id": ids[1]})
