@@ -178,7 +178,7 @@ class RealtimeClient:
         self._subs: dict[str, str | None] = {}
         #: channel -> key of the last event id received (de-duplication, ``since``).
         self._last: dict[str, IdKey] = {}
-        #: durable channel -> last event id the application finished processing.
+        #: user channel -> last event id the application finished processing.
         self._processed: dict[str, str] = {}
         self._inbox: collections.deque[Event] = collections.deque()
         self._inbox_ready = asyncio.Event()
@@ -243,13 +243,10 @@ class RealtimeClient:
             pass  # same: the connection that had it is gone
 
     async def ack(self, channel: str, id: str) -> None:
-        """Tell the server that everything up to ``id`` on ``channel`` was processed.
-
-        Only needed with ``auto_ack=False``. There is no reply on success.
-        """
+        """Tell the server that everything up to ``id`` on ``channel`` was processed;
+        return once it confirmed (``ok``). Only needed with ``auto_ack=False``."""
         parse_id(id)
-        await self._ready()
-        self._send({"type": "ack", "channel": channel, "id": id})
+        await self.request("ack", channel=channel, id=id)
 
     async def ping(self) -> float:
         """Send ``ping`` (it also counts as activity); return the round trip in ms."""
@@ -410,12 +407,12 @@ class RealtimeClient:
             else:
                 future.set_result(frame)
             return
-        if kind == "welcome":
-            self._on_welcome(frame)
-            session.welcomed = True
-        elif kind == "error":
+        if kind == "error":
             log.warning("server error: %s: %s", frame.get("code"), frame.get("message"))
         self._call(self._on_frame, frame)
+        if kind == "welcome":
+            session.welcomed = True
+            self._on_welcome(frame)
 
     def _on_welcome(self, frame: dict[str, Any]) -> None:
         """Connected: re-acknowledge, then re-subscribe every channel from its last id.
@@ -428,9 +425,9 @@ class RealtimeClient:
         self.user_id = frame.get("user_id")
         self.connection_id = frame.get("connection_id")
         self._set_state(CONNECTED)
-        if self.auto_ack:  # an ack sent just before a drop may have been lost
-            for channel, event_id in self._processed.items():
-                self._send({"type": "ack", "channel": channel, "id": event_id})
+        own = f"user:{self.user_id}"
+        if self.auto_ack and own in self._processed:  # an ack sent just before a drop may have been lost
+            self._send({"type": "ack", "channel": own, "id": self._processed[own]})
         channels = dict(self._subs)
         if SYSTEM in self._last:  # subscribed at connect, but from now on: ask for what was missed
             channels.setdefault(SYSTEM, None)
@@ -517,8 +514,9 @@ class RealtimeClient:
                 if inspect.isawaitable(result):
                     await result
             except Exception:
-                log.exception("on_event failed for %s %s; the event is not acknowledged", event.channel, event.id)
-                continue
+                # Still acknowledged: acks are cumulative, the next one would cover it
+                # anyway, and an event that always fails must not block the mailbox.
+                log.exception("on_event failed for %s %s", event.channel, event.id)
 
     def _processed_event(self, event: Event) -> None:
         """The application is done with ``event``: acknowledge it if durable."""

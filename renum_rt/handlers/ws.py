@@ -79,6 +79,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
     # ---------------------------------------------------------------- connection
 
     async def open(self, *args: Any, **kwargs: Any) -> None:
+        self.set_nodelay(True)  # small frames must not wait for Nagle + delayed ACK (~40 ms)
         self.session = Session(uuid.uuid4().hex, self.request.remote_ip or "?", self.gateway.settings, time.time(),
                                self.request.headers.get("Origin"))
         if self._identity is not None:
