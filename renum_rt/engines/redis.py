@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence, cast
 
 import redis.asyncio
 import ujson
@@ -41,6 +41,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.maint_notifications import MaintNotificationsConfig
 
 from .. import channels
 from ..ids import format_id, parse_id
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 #: Errors that mean "Redis cannot be reached now" (``BusyLoadingError``, Redis still
 #: loading its data after a restart, is a ``ConnectionError``).
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+_TIMEOUT_S = 2.0
 _RETRY_MIN_S = 0.1
 _RETRY_MAX_S = 2.0
 #: How long the pub/sub reader waits for a message before checking the connection's health.
@@ -225,10 +227,17 @@ class RedisEngine(Engine):
         super().__init__()
         self._retention = retention
         self._prefix = prefix
-        # No retries: a failed call answers EngineUnavailable at once (a script is never
-        # run twice), and the pool already replaces connections Redis closed meanwhile.
+        # No retries: a failed call answers EngineUnavailable at once and a script never
+        # runs twice. The pool replaces connections Redis closed meanwhile (a restart)
+        # when it hands them out, a check redis-py skips when maintenance notifications
+        # (a Redis Enterprise feature) are on.
         self._redis = redis.asyncio.from_url(
-            url, socket_timeout=2, socket_connect_timeout=1, health_check_interval=10, retry=Retry(NoBackoff(), 0)
+            url,
+            socket_timeout=_TIMEOUT_S,
+            socket_connect_timeout=1,
+            health_check_interval=10,
+            retry=Retry(NoBackoff(), 0),
+            maint_notifications_config=MaintNotificationsConfig(enabled=False),
         )
         self._fanout = f"{prefix}fanout".encode()
         self._control = f"{prefix}control".encode()
@@ -267,7 +276,7 @@ class RedisEngine(Engine):
         try:
             await pubsub.subscribe(self._fanout, self._control)
             confirmed = 0
-            deadline = asyncio.get_running_loop().time() + _POLL_S
+            deadline = asyncio.get_running_loop().time() + _TIMEOUT_S
             while confirmed < 2:
                 remaining = deadline - asyncio.get_running_loop().time()
                 if remaining <= 0:
@@ -287,48 +296,49 @@ class RedisEngine(Engine):
 
         After any interruption (or a failed first subscription at start) it subscribes
         again with capped exponential backoff and calls ``on_resync``: what was published
-        meanwhile is in history only.
+        meanwhile is in history only. (Even the first subscription after a failed start
+        does: the node was serving since ``start`` returned.)
         """
         delay = _RETRY_MIN_S
         while True:
             if pubsub is None:
                 try:
                     pubsub = await self._subscribe()
-                except _UNREACHABLE as exc:
+                except (RedisError, OSError) as exc:
                     log.warning("redis pub/sub unavailable (%s); retrying in %.1f s", exc, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, _RETRY_MAX_S)
                     continue
                 delay = _RETRY_MIN_S
                 log.info("redis pub/sub subscribed again")
-                self._notify(self._on_resync)
+                try:
+                    self._on_resync()
+                except Exception:
+                    log.exception("engine resync listener failed")
             try:
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=_POLL_S)
                     if message is not None:
                         self._dispatch(message)
-            except _UNREACHABLE as exc:
+            except (RedisError, OSError) as exc:
                 log.warning("redis pub/sub interrupted: %s", exc)
             finally:
                 await pubsub.aclose()
             pubsub = None
 
     def _dispatch(self, message: dict[str, Any]) -> None:
-        if message["type"] != "message":
-            return
-        if message["channel"] == self._fanout:
-            channel, event_id, frame = message["data"].split(b"\n", 2)
-            self._notify(self._on_event, channel.decode(), event_id.decode(), frame)
-        elif message["channel"] == self._control:
-            self._notify(self._on_control, ujson.loads(message["data"]))
-
-    @staticmethod
-    def _notify(listener: Callable[..., None], *args: Any) -> None:
-        """Call a listener; its failure must not stop the fan-out of everything else."""
+        """Hand one pub/sub message to its listener. A bad message or a failing
+        listener must not stop the fan-out of everything else."""
         try:
-            listener(*args)
+            if message["type"] != "message":
+                return
+            if message["channel"] == self._fanout:
+                channel, event_id, frame = message["data"].split(b"\n", 2)
+                self._on_event(channel.decode(), event_id.decode(), frame)
+            elif message["channel"] == self._control:
+                self._on_control(ujson.loads(message["data"]))
         except Exception:
-            log.exception("engine listener failed")
+            log.exception("engine listener failed on a pub/sub message")
 
     async def ping(self) -> bool:
         try:
@@ -364,26 +374,26 @@ class RedisEngine(Engine):
 
     async def history(self, channel: str, since: str | None, limit: int) -> Replay:
         after = format_id(parse_id(since)) if since is not None else ""
-        args = [after, limit, self._retention.max_len, self._retention.max_age_s]
+        args: list[str | int] = [after, limit, self._retention.max_len, self._retention.max_age_s]
         with _unavailable():
             complete, rows = await self._history(keys=[self._key("s", channel)], args=args)
-        events = [_event(channel, event_id, dict(zip(fields[::2], fields[1::2]))) for event_id, fields in reversed(rows)]
+        events = [_event(channel, id_, dict(zip(fields[::2], fields[1::2]))) for id_, fields in reversed(rows)]
         return Replay(events, bool(complete))
 
     async def latest(self, channel: str) -> Event | None:
         with _unavailable():
-            fields = await self._redis.hgetall(self._key("latest", channel))
+            fields = cast(dict[bytes, bytes], await self._redis.hgetall(self._key("latest", channel)))
         return _event(channel, fields[b"i"], fields) if fields else None
 
     async def ack(self, channel: str, event_id: str) -> str:
-        args = [format_id(parse_id(event_id)), self._retention.max_age_s]
+        args: list[str | int] = [format_id(parse_id(event_id)), self._retention.max_age_s]
         with _unavailable():
-            cursor = await self._ack(keys=[self._key("cursor", channel)], args=args)
+            cursor: bytes = await self._ack(keys=[self._key("cursor", channel)], args=args)
         return cursor.decode()
 
     async def cursor(self, channel: str) -> str | None:
         with _unavailable():
-            cursor = await self._redis.get(self._key("cursor", channel))
+            cursor = cast(bytes | None, await self._redis.get(self._key("cursor", channel)))
         return cursor.decode() if cursor is not None else None
 
     async def control(self, message: dict[str, Any]) -> None:
@@ -392,7 +402,10 @@ class RedisEngine(Engine):
 
     async def idempotency_claim(self, key: str, ttl_s: int) -> dict[str, Any] | None:
         with _unavailable():
-            previous = await self._redis.set(self._key("idem", key), "", nx=True, ex=ttl_s, get=True)
+            # SET NX GET: sets and answers None, or answers the record already there
+            previous = cast(
+                bytes | None, await self._redis.set(self._key("idem", key), "", nx=True, ex=ttl_s, get=True)
+            )
         if previous is None:
             return None
         if previous == b"":
@@ -421,7 +434,7 @@ class RedisEngine(Engine):
         return [ujson.loads(stats) for stats in alive]
 
     async def connection_opened(self, node_id: str, user_id: str, limit: int) -> bool:
-        args = [f"{self._prefix}node:", node_id, limit]
+        args: list[str | int] = [f"{self._prefix}node:", node_id, limit]
         with _unavailable():
             counted = await self._connection_opened(keys=[self._key("conns", user_id)], args=args)
         return bool(counted)

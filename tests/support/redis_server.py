@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -61,7 +63,9 @@ class RedisServer:
         self._wait_ready(timeout)
 
     def _wait_ready(self, timeout: float) -> None:
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2, socket_timeout=0.5, retry=None)
+        client = redis.Redis(
+            port=self.port, socket_connect_timeout=0.2, socket_timeout=0.5, retry=Retry(NoBackoff(), 0)
+        )
         deadline = time.monotonic() + timeout
         try:
             while True:
@@ -69,7 +73,8 @@ class RedisServer:
                 if self._process.poll() is not None:
                     raise RuntimeError(f"redis-server exited: see {self.dir / 'redis.log'}")
                 try:
-                    if client.ping():
+                    # PING fails while the AOF loads; the pid proves it is not another server
+                    if client.ping() and client.info("server")["process_id"] == self._process.pid:
                         return
                 except (redis.ConnectionError, redis.TimeoutError):
                     pass  # not listening yet, or still loading the AOF

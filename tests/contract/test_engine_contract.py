@@ -1,0 +1,201 @@
+"""The engine contract: one suite, run against every engine (see ``conftest.engine``).
+
+What a gateway node may rely on whichever engine it runs on. Fan-out is awaited, never
+assumed synchronous: the memory engine calls listeners at once, Redis via pub/sub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from renum_rt import protocol
+from renum_rt.engines.base import Engine, Event, IdempotencyInProgress, Replay
+from renum_rt.ids import is_valid_id, parse_id
+
+from .conftest import Feed, eventually
+
+TS = 1_700_000_000_000
+
+
+async def publish_many(engine: Engine, channel: str, count: int) -> list[str]:
+    return [(await engine.publish([channel], "n", {"i": i}, TS + i))[channel] for i in range(count)]
+
+
+@pytest.mark.gen_test
+async def test_publish_returns_one_id_per_channel(io_loop: object, engine: Engine) -> None:
+    ids = await engine.publish(["user:u1", "team:t1", "execution:e1"], "team.updated", {"team_id": "t1"}, TS)
+    assert sorted(ids) == ["execution:e1", "team:t1", "user:u1"]
+    assert all(is_valid_id(event_id) for event_id in ids.values())
+
+
+@pytest.mark.gen_test
+async def test_ids_are_ordered_per_channel(io_loop: object, engine: Engine) -> None:
+    a, b = [], []
+    for i in range(30):
+        ids = await engine.publish(["team:a", "team:b"] if i % 3 else ["team:a"], "n", {}, TS)
+        a.append(ids["team:a"])
+        if "team:b" in ids:
+            b.append(ids["team:b"])
+    for channel_ids in (a, b):
+        keys = [parse_id(event_id) for event_id in channel_ids]
+        assert keys == sorted(keys) and len(set(keys)) == len(keys)
+
+
+@pytest.mark.gen_test
+async def test_history_after_since_is_exclusive_and_oldest_first(io_loop: object, engine: Engine) -> None:
+    ids = await publish_many(engine, "team:t1", 5)
+    replay = await engine.history("team:t1", ids[1], 100)
+    assert replay.complete
+    assert replay.events == [Event("team:t1", ids[i], TS + i, "n", {"i": i}) for i in range(2, 5)]
+    everything = await engine.history("team:t1", None, 100)
+    assert [e.id for e in everything.events] == ids and everything.complete
+    assert await engine.history("team:t1", ids[-1], 100) == Replay([], True)
+
+
+@pytest.mark.gen_test
+async def test_history_limit_keeps_the_last_events_and_is_incomplete(io_loop: object, engine: Engine) -> None:
+    ids = await publish_many(engine, "team:t1", 5)
+    replay = await engine.history("team:t1", ids[0], 2)
+    assert [e.id for e in replay.events] == ids[3:] and not replay.complete
+    replay = await engine.history("team:t1", None, 2)
+    assert [e.id for e in replay.events] == ids[3:] and not replay.complete
+    replay = await engine.history("team:t1", ids[2], 2)
+    assert [e.id for e in replay.events] == ids[3:] and replay.complete
+
+
+@pytest.mark.gen_test
+@pytest.mark.retention(max_len=3)
+async def test_retention_by_length(io_loop: object, engine: Engine) -> None:
+    ids = await publish_many(engine, "user:u1", 5)
+    everything = await engine.history("user:u1", None, 100)
+    assert [e.id for e in everything.events] == ids[2:] and everything.complete
+    dropped_after = await engine.history("user:u1", ids[0], 100)
+    assert [e.id for e in dropped_after.events] == ids[2:] and not dropped_after.complete
+    last_dropped = await engine.history("user:u1", ids[1], 100)
+    assert [e.id for e in last_dropped.events] == ids[2:] and last_dropped.complete
+
+
+@pytest.mark.gen_test(timeout=15)
+@pytest.mark.retention(max_age_s=2)
+async def test_retention_by_age(io_loop: object, engine: Engine) -> None:
+    start = time.monotonic()
+    old = await publish_many(engine, "team:t1", 2)
+    await asyncio.sleep(1)  # time must pass: "new" is younger than "old" by a second
+    new = (await engine.publish(["team:t1"], "n", {}, TS))["team:t1"]
+
+    async def only_new_left() -> bool:
+        return [e.id for e in (await engine.history("team:t1", None, 100)).events] == [new]
+
+    await eventually(only_new_left, timeout=3)
+    assert time.monotonic() - start < 2.8, "too slow to observe the window where only 'new' is retained"
+    assert not (await engine.history("team:t1", old[0], 100)).complete
+    assert await engine.history("team:t1", old[1], 100) == Replay([Event("team:t1", new, TS, "n", {})], True)
+
+    async def nothing_left() -> bool:
+        return not (await engine.history("team:t1", None, 100)).events
+
+    await eventually(nothing_left, timeout=3)
+    assert not (await engine.history("team:t1", old[1], 100)).complete
+
+
+@pytest.mark.gen_test
+async def test_latest_state_only_for_execution_channels(io_loop: object, engine: Engine) -> None:
+    await engine.publish(["execution:e1", "team:t1"], "execution.status", {"status": "queued"}, TS)
+    ids = await engine.publish(["execution:e1", "team:t1"], "execution.status", {"status": "running"}, TS + 1)
+    assert await engine.latest("execution:e1") == Event(
+        "execution:e1", ids["execution:e1"], TS + 1, "execution.status", {"status": "running"}
+    )
+    assert await engine.latest("team:t1") is None
+    assert await engine.latest("execution:never") is None
+
+
+@pytest.mark.gen_test
+async def test_admin_channel_is_live_only(io_loop: object, engine: Engine, feed: Feed) -> None:
+    first = (await engine.publish(["admin"], "stats", {"connections": 1}, TS))["admin"]
+    second = (await engine.publish(["admin"], "stats", {"connections": 2}, TS))["admin"]
+    assert is_valid_id(first) and parse_id(first) < parse_id(second)
+    await feed.wait_for(lambda: len(feed.events) == 2)
+    assert [event_id for _, event_id, _ in feed.events] == [first, second]
+    assert (await engine.history("admin", None, 100)).events == []
+
+
+@pytest.mark.gen_test
+async def test_ack_cursor_never_moves_backwards(io_loop: object, engine: Engine) -> None:
+    ids = await publish_many(engine, "user:u1", 5)
+    assert await engine.cursor("user:u1") is None
+    assert await engine.ack("user:u1", ids[2]) == ids[2]
+    assert await engine.ack("user:u1", ids[0]) == ids[2]
+    assert await engine.cursor("user:u1") == ids[2]
+    assert await engine.ack("user:u1", ids[4]) == ids[4]
+    assert await engine.cursor("user:u1") == ids[4]
+    assert await engine.cursor("user:u2") is None
+
+
+@pytest.mark.gen_test
+async def test_control_messages_reach_the_listener(io_loop: object, engine: Engine, feed: Feed) -> None:
+    message = {"type": "disconnect", "user_id": "u1", "code": 4009}
+    await engine.control(message)
+    await feed.wait_for(lambda: len(feed.controls) == 1)
+    assert feed.controls == [message]
+
+
+@pytest.mark.gen_test
+async def test_fan_out_hands_over_the_encoded_event_frame(io_loop: object, engine: Engine, feed: Feed) -> None:
+    data: dict[str, Any] = {"title": "Olá / ünïcode ✓", "nested": {"list": [1, 2.5, None, True]}, "quote": "\"\n"}
+    first = await engine.publish(["user:u1", "team:t1"], "notification.created", data, TS)
+    second = await engine.publish(["user:u1"], "notification.updated", {"ids": ["x"]}, TS + 1)
+    sent: list[tuple[str, str, int, str, dict[str, Any]]] = [
+        ("user:u1", first["user:u1"], TS, "notification.created", data),
+        ("team:t1", first["team:t1"], TS, "notification.created", data),
+        ("user:u1", second["user:u1"], TS + 1, "notification.updated", {"ids": ["x"]}),
+    ]
+    expected = [(c, i, protocol.event_frame(c, i, ts, name, d)) for c, i, ts, name, d in sent]
+    await feed.wait_for(lambda: len(feed.events) == 3)
+    assert feed.events == expected
+
+
+@pytest.mark.gen_test
+async def test_idempotency_claim_store_release(io_loop: object, engine: Engine) -> None:
+    assert await engine.idempotency_claim("k1", 60) is None
+    with pytest.raises(IdempotencyInProgress):
+        await engine.idempotency_claim("k1", 60)
+    await engine.idempotency_store("k1", {"ids": {"team:t1": "1-0"}}, 60)
+    assert await engine.idempotency_claim("k1", 60) == {"ids": {"team:t1": "1-0"}}
+    assert await engine.idempotency_claim("k2", 60) is None
+    await engine.idempotency_release("k2")
+    assert await engine.idempotency_claim("k2", 60) is None
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_nodes_expire_without_heartbeat(io_loop: object, engine: Engine) -> None:
+    await engine.heartbeat("n1", {"node": "n1", "connections": 3}, ttl_s=1)
+    await engine.heartbeat("n2", {"node": "n2", "connections": 5}, ttl_s=30)
+    await engine.heartbeat("n2", {"node": "n2", "connections": 6}, ttl_s=30)
+    assert sorted((await engine.nodes()), key=lambda s: s["node"]) == [
+        {"node": "n1", "connections": 3},
+        {"node": "n2", "connections": 6},
+    ]
+
+    async def only_n2() -> bool:
+        return await engine.nodes() == [{"node": "n2", "connections": 6}]
+
+    await eventually(only_n2, timeout=3)
+
+
+@pytest.mark.gen_test
+async def test_connection_limit_per_user(io_loop: object, engine: Engine) -> None:
+    await engine.heartbeat("n1", {"node": "n1"}, ttl_s=30)  # a gateway's first step at start
+    assert await engine.connection_opened("n1", "u1", 2)
+    assert await engine.connection_opened("n1", "u1", 2)
+    assert not await engine.connection_opened("n1", "u1", 2)
+    assert await engine.connection_opened("n1", "u2", 2)
+    await engine.connection_closed("n1", "u1")
+    assert await engine.connection_opened("n1", "u1", 2)
+    assert not await engine.connection_opened("n1", "u1", 2)
+    for _ in range(2):
+        await engine.connection_closed("n1", "u1")
+    assert await engine.connection_opened("n1", "u1", 1)

@@ -1,0 +1,205 @@
+"""What only the Redis engine promises: outages, several nodes, durability, key prefixes.
+
+Every test runs against a real ``redis-server``; the ones that stop, kill or inspect it
+get one of their own (``own_redis_server``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable
+
+import pytest
+import redis
+
+from renum_rt import protocol
+from renum_rt.engines.base import Engine, EngineUnavailable, Event, Replay, Retention
+from renum_rt.ids import parse_id
+from tests.support.redis_server import RedisServer
+
+from .conftest import Feed, OpenEngine, eventually
+
+TS = 1_700_000_000_000
+
+
+def every_call(engine: Engine) -> dict[str, Callable[[], Awaitable[Any]]]:
+    """One call of each method that needs the store (``ping`` answers False instead)."""
+    return {
+        "publish": lambda: engine.publish(["team:t1", "admin"], "n", {}, TS),
+        "history": lambda: engine.history("team:t1", None, 10),
+        "latest": lambda: engine.latest("execution:e1"),
+        "ack": lambda: engine.ack("user:u1", "1-0"),
+        "cursor": lambda: engine.cursor("user:u1"),
+        "control": lambda: engine.control({"type": "noop"}),
+        "idempotency_claim": lambda: engine.idempotency_claim("k", 60),
+        "idempotency_store": lambda: engine.idempotency_store("k", {}, 60),
+        "idempotency_release": lambda: engine.idempotency_release("k"),
+        "heartbeat": lambda: engine.heartbeat("n1", {}, 30),
+        "nodes": lambda: engine.nodes(),
+        "connection_opened": lambda: engine.connection_opened("n1", "u1", 5),
+        "connection_closed": lambda: engine.connection_closed("n1", "u1"),
+    }
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_every_method_is_unavailable_while_redis_is_down_then_recovers(
+    io_loop: object, own_redis_server: RedisServer, open_engine: OpenEngine
+) -> None:
+    engine = await open_engine("redis", Feed(), url=own_redis_server.url)
+    calls = every_call(engine)
+    for call in calls.values():
+        await call()
+    own_redis_server.stop()
+    assert await engine.ping() is False
+    for name, call in calls.items():
+        with pytest.raises(EngineUnavailable):
+            await call()
+            pytest.fail(f"{name} did not raise EngineUnavailable")
+    own_redis_server.start()
+    assert await engine.ping() is True
+    for call in calls.values():
+        await call()
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_pubsub_resubscribes_and_resyncs_after_interruptions(
+    io_loop: object, own_redis_server: RedisServer, open_engine: OpenEngine
+) -> None:
+    feed = Feed()
+    engine = await open_engine("redis", feed, url=own_redis_server.url)
+    assert feed.resyncs == 0
+    with redis.Redis(port=own_redis_server.port, socket_timeout=2) as admin:
+        assert admin.client_kill_filter(_type="pubsub") == 1  # a dropped connection, Redis still up
+    await feed.wait_for(lambda: feed.resyncs == 1)
+    own_redis_server.stop()  # an outage
+    own_redis_server.start()
+    await feed.wait_for(lambda: feed.resyncs == 2, timeout=8)
+    ids = await engine.publish(["team:t1"], "n", {}, TS)
+    await feed.wait_for(lambda: len(feed.events) == 1)
+    assert feed.events == [("team:t1", ids["team:t1"], protocol.event_frame("team:t1", ids["team:t1"], TS, "n", {}))]
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_start_while_redis_is_down(
+    io_loop: object, own_redis_server: RedisServer, open_engine: OpenEngine
+) -> None:
+    own_redis_server.stop()
+    feed = Feed()
+    engine = await open_engine("redis", feed, url=own_redis_server.url)
+    assert await engine.ping() is False
+    with pytest.raises(EngineUnavailable):
+        await engine.publish(["team:t1"], "n", {}, TS)
+    own_redis_server.start()
+    # the node was live since start without a feed: it hears about it like after an outage
+    await feed.wait_for(lambda: feed.resyncs == 1, timeout=8)
+    await engine.control({"type": "hello"})
+    await feed.wait_for(lambda: feed.controls == [{"type": "hello"}])
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_two_nodes_share_events_control_and_counts(
+    io_loop: object, redis_server: RedisServer, open_engine: OpenEngine
+) -> None:
+    feed_a, feed_b = Feed(), Feed()
+    a = await open_engine("redis", feed_a, url=redis_server.url)
+    b = await open_engine("redis", feed_b, url=redis_server.url)
+
+    ids = await a.publish(["team:t1", "user:u1"], "team.updated", {"team_id": "t1"}, TS)
+    expected = [(c, ids[c], protocol.event_frame(c, ids[c], TS, "team.updated", {"team_id": "t1"})) for c in ids]
+    await b.control({"type": "disconnect", "user_id": "u1"})
+    for feed in (feed_a, feed_b):
+        await feed.wait_for(lambda: len(feed.events) == 2 and len(feed.controls) == 1)
+        assert feed.events == expected
+        assert feed.controls == [{"type": "disconnect", "user_id": "u1"}]
+    stored = Event("team:t1", ids["team:t1"], TS, "team.updated", {"team_id": "t1"})
+    assert (await b.history("team:t1", None, 10)).events == [stored]
+
+    await a.heartbeat("na", {"node": "na"}, 30)
+    await b.heartbeat("nb", {"node": "nb"}, 30)
+    assert sorted(s["node"] for s in await a.nodes()) == ["na", "nb"]
+    assert await a.connection_opened("na", "u1", 2)
+    assert await b.connection_opened("nb", "u1", 2)
+    assert not await a.connection_opened("na", "u1", 2)
+    await b.connection_closed("nb", "u1")
+    assert await a.connection_opened("na", "u1", 2)
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_data_survives_a_redis_crash(
+    io_loop: object, own_redis_server: RedisServer, open_engine: OpenEngine
+) -> None:
+    before = await open_engine("redis", Feed(), url=own_redis_server.url)
+    ids = [await before.publish(["user:u1", "execution:e1"], "n", {"i": i}, TS + i) for i in range(3)]
+    await before.ack("user:u1", ids[1]["user:u1"])
+    await before.idempotency_claim("k1", 600)
+    await before.idempotency_store("k1", {"ids": ids[0]}, 600)
+    history = await before.history("user:u1", None, 10)
+    latest = await before.latest("execution:e1")
+
+    own_redis_server.kill()  # SIGKILL: only what the AOF holds survives
+    own_redis_server.start()
+
+    after = await open_engine("redis", Feed(), url=own_redis_server.url)
+    for engine in (before, after):  # the old engine recovers; a restarted process finds the data
+        assert await engine.history("user:u1", None, 10) == history
+        assert await engine.history("user:u1", ids[0]["user:u1"], 10) == Replay(history.events[1:], True)
+        assert await engine.latest("execution:e1") == latest
+        assert await engine.cursor("user:u1") == ids[1]["user:u1"]
+        assert await engine.idempotency_claim("k1", 600) == {"ids": ids[0]}
+    new = await after.publish(["user:u1"], "n", {}, TS)
+    assert parse_id(new["user:u1"]) > parse_id(ids[-1]["user:u1"])
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_connections_of_a_dead_node_stop_counting(
+    io_loop: object, redis_server: RedisServer, open_engine: OpenEngine
+) -> None:
+    engine = await open_engine("redis", Feed(), url=redis_server.url)
+    await engine.heartbeat("dying", {"node": "dying"}, ttl_s=1)
+    await engine.heartbeat("alive", {"node": "alive"}, ttl_s=30)
+    assert await engine.connection_opened("dying", "u1", 2)
+    assert await engine.connection_opened("dying", "u1", 2)
+    assert not await engine.connection_opened("alive", "u1", 2)
+
+    async def dying_is_gone() -> bool:
+        return [s["node"] for s in await engine.nodes()] == ["alive"]
+
+    await eventually(dying_is_gone, timeout=3)
+    assert await engine.connection_opened("alive", "u1", 2)
+    assert await engine.connection_opened("alive", "u1", 2)
+    assert not await engine.connection_opened("alive", "u1", 2)
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_key_prefixes_isolate_deployments(
+    io_loop: object, own_redis_server: RedisServer, open_engine: OpenEngine
+) -> None:
+    feed_a, feed_b = Feed(), Feed()
+    url = own_redis_server.url
+    a = await open_engine("redis", feed_a, Retention(max_len=10, max_age_s=60), url=url, prefix="one:")
+    b = await open_engine("redis", feed_b, Retention(max_len=10, max_age_s=60), url=url, prefix="two:")
+
+    ids = await a.publish(["team:t1", "execution:e1", "user:u1", "admin"], "n", {}, TS)
+    await a.ack("user:u1", ids["user:u1"])
+    await a.control({"type": "hello"})
+    assert await a.idempotency_claim("k1", 60) is None
+    await a.heartbeat("n1", {"node": "n1"}, 30)
+    assert await a.connection_opened("n1", "u1", 1)
+
+    assert await b.history("team:t1", None, 10) == Replay([], True)
+    assert await b.latest("execution:e1") is None
+    assert await b.cursor("user:u1") is None
+    assert await b.idempotency_claim("k1", 60) is None
+    assert await b.nodes() == []
+    await b.heartbeat("n1", {"node": "n1"}, 30)
+    assert await b.connection_opened("n1", "u1", 1)
+    own = await b.publish(["team:t1"], "n", {}, TS)
+    # b's own event arrives after anything of a's that Redis would have delivered to b
+    await feed_b.wait_for(lambda: len(feed_b.events) >= 1)
+    assert [event_id for _, event_id, _ in feed_b.events] == [own["team:t1"]] and feed_b.controls == []
+    await feed_a.wait_for(lambda: len(feed_a.events) == 4 and len(feed_a.controls) == 1)
+
+    with redis.Redis(port=own_redis_server.port, socket_timeout=2) as raw:
+        keys = sorted(key.decode() for key in raw.keys("*"))
+        channels = sorted(channel.decode() for channel in raw.pubsub_channels())
+    assert keys and all(key.startswith(("one:", "two:")) for key in keys), keys
+    assert channels == ["one:control", "one:fanout", "two:control", "two:fanout"]
