@@ -1,17 +1,24 @@
-"""Fixtures shared by the integration tests: an in-process gateway on a real socket.
+"""Fixtures shared by the test suites: real redis-server processes, and an in-process
+gateway on a real socket for the integration tests.
 
-``settings`` can be overridden per test with ``@pytest.mark.settings(key=value)``.
+Every in-process integration test runs twice, once per engine (``memory``, ``redis``),
+so the gateway behaves the same on both; each Redis run gets its own key prefix on a
+session-wide private ``redis-server``. ``settings`` can be overridden per test with
+``@pytest.mark.settings(key=value)``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import uuid
+from typing import Any, Callable, Iterator
 
 import pytest
+import tornado.httpserver
 
 from renum_rt.app import Node
 from renum_rt.auth import issue_token
 from renum_rt.config import Settings
+from tests.support.redis_server import RedisServer
 
 SECRET = "test-secret-" + "x" * 32
 API_KEY = "test-api-key"
@@ -21,10 +28,30 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "settings(**kw): override gateway settings for this test")
 
 
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.cleanup()
+
+
 @pytest.fixture
+def own_redis_server() -> Iterator[RedisServer]:
+    """A server of this test alone, for tests that stop, kill or inspect it."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(params=["memory", "redis"])
 def settings(request: pytest.FixtureRequest) -> Settings:
     marker = request.node.get_closest_marker("settings")
     values: dict[str, Any] = {"jwt_secret": SECRET, "api_key": (API_KEY,)}
+    if request.param == "redis":
+        values["redis_url"] = request.getfixturevalue("redis_server").url
+        values["redis_prefix"] = f"it-{uuid.uuid4().hex[:12]}:"
     values.update(marker.kwargs if marker else {})
     return Settings(**values)
 
@@ -40,6 +67,17 @@ def node(settings: Settings, io_loop: Any) -> Any:
 @pytest.fixture
 def app(node: Node) -> Any:
     return node.app
+
+
+@pytest.fixture
+def http_server(io_loop: Any, _unused_port: Any, app: Any) -> Iterator[Any]:
+    """pytest-tornado's server, with ``app`` as a declared dependency so that the
+    engine parametrization reaches every test that talks to the server."""
+    server = tornado.httpserver.HTTPServer(app)
+    server.add_socket(_unused_port[0])
+    yield server
+    server.stop()
+    io_loop.run_sync(server.close_all_connections, timeout=5)
 
 
 @pytest.fixture

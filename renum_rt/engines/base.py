@@ -103,16 +103,21 @@ class Engine(abc.ABC):
         Returns only once every copy is stored (durably, for a durable engine). Either
         every channel gets the event or, on ``EngineUnavailable``, none is promised.
         Channels that keep a latest state (``channels.keeps_latest``) update it here.
+        Listeners may be called before this returns (memory) or after (Redis); a
+        failing listener never turns a stored event into an error.
         """
 
     @abc.abstractmethod
     async def history(self, channel: str, since: str | None, limit: int) -> Replay:
         """At most ``limit`` retained events with an id after ``since`` (all retained
-        ones when ``since`` is None), oldest first."""
+        ones when ``since`` is None), oldest first; when more are retained, the newest
+        ``limit``. ``complete`` is False whenever the engine cannot prove there is no
+        gap after ``since`` (retention dropped events, an expired stream, the limit)."""
 
     @abc.abstractmethod
     async def latest(self, channel: str) -> Event | None:
-        """The last event stored on a channel that keeps its latest state."""
+        """The last event stored on a channel that keeps its latest state (kept as
+        long as the channel's history is, within retention)."""
 
     @abc.abstractmethod
     async def ack(self, channel: str, event_id: str) -> str:

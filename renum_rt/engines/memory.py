@@ -8,6 +8,7 @@ the reference for what the Redis engine must do.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from typing import Any, Callable, Sequence
@@ -16,6 +17,9 @@ from .. import channels
 from ..ids import IdKey, format_id, next_id, parse_id
 from ..protocol import event_frame_head, event_frame_tail
 from .base import Engine, Event, IdempotencyInProgress, Replay, Retention
+
+
+log = logging.getLogger(__name__)
 
 
 class _Stream:
@@ -42,6 +46,7 @@ class MemoryEngine(Engine):
         self._latest: dict[str, Event] = {}
         self._cursors: dict[str, IdKey] = {}
         self._idempotency: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        self._claims = 0
         self._nodes: dict[str, tuple[float, dict[str, Any]]] = {}
         self._connections: dict[str, int] = {}
         #: ids before this one may have existed in an earlier process: history is incomplete
@@ -74,7 +79,10 @@ class MemoryEngine(Engine):
                 self._latest[channel] = event
             stored.append((event, (event_frame_head(channel) + event.id + tail).encode()))
         for event, frame in stored:
-            self._on_event(event.channel, event.id, frame)
+            try:
+                self._on_event(event.channel, event.id, frame)
+            except Exception:  # the event is stored: a fan-out fault must not turn it into an error
+                log.exception("fan-out listener failed")
         return {event.channel: event.id for event, _ in stored}
 
     async def history(self, channel: str, since: str | None, limit: int) -> Replay:
@@ -86,8 +94,8 @@ class MemoryEngine(Engine):
         lower = after if after is not None else (-1, -1)
         events = [event for key, event in stream.events if key > lower]
         complete = after is None or (after >= stream.trimmed and after >= self._floor)
-        if len(events) > limit:
-            events, complete = events[-limit:], False
+        if len(events) > max(0, limit):
+            events, complete = (events[-limit:] if limit > 0 else []), False
         return Replay(events, complete)
 
     async def latest(self, channel: str) -> Event | None:
@@ -112,8 +120,10 @@ class MemoryEngine(Engine):
             if record[1] is None:
                 raise IdempotencyInProgress(key)
             return record[1]
-        self._idempotency = {k: v for k, v in self._idempotency.items() if v[0] > now}
         self._idempotency[key] = (now + ttl_s, None)
+        self._claims += 1
+        if self._claims % 1024 == 0:  # expire old records now and then, not on every claim
+            self._idempotency = {k: v for k, v in self._idempotency.items() if v[0] > now}
         return None
 
     async def idempotency_store(self, key: str, answer: dict[str, Any], ttl_s: int) -> None:

@@ -19,7 +19,6 @@ import tornado.ioloop
 from renum_rt.engines.base import Engine, Retention
 from renum_rt.engines.memory import MemoryEngine
 from renum_rt.engines.redis import RedisEngine
-from tests.support.redis_server import RedisServer
 
 ENGINES = ["memory", "redis"]
 
@@ -65,23 +64,6 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 3.0,
 
 
 OpenEngine = Callable[..., Awaitable[Engine]]
-
-
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.cleanup()
-
-
-@pytest.fixture
-def own_redis_server() -> Iterator[RedisServer]:
-    """A server of this test alone, for tests that stop, kill or inspect it."""
-    server = RedisServer()
-    server.start()
-    yield server
-    server.cleanup()
 
 
 @pytest.fixture

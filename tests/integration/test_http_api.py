@@ -133,10 +133,11 @@ async def test_openapi_document_is_served(http_client: Any, base_url: str) -> No
 
 
 @pytest.mark.gen_test
-async def test_healthz(http_client: Any, base_url: str) -> None:
+async def test_healthz(http_client: Any, base_url: str, settings: Any) -> None:
     response = await http_client.fetch(base_url + "/healthz")
     body = ujson.loads(response.body)
-    assert response.code == 200 and body["status"] == "ok" and body["engine"] == "memory"
+    assert response.code == 200 and body["status"] == "ok"
+    assert body["engine"] == ("redis" if settings.redis_url else "memory")
 
 
 @pytest.mark.gen_test
