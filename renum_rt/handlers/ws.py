@@ -176,7 +176,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         if conn is None or conn.is_closing():
             return
         stream = conn.stream  # type: ignore[attr-defined]
-        if stream.closed():
+        if stream is None or stream.closed():
             return
         if len(stream._write_buffer) > self.gateway.settings.max_write_buffer_bytes:
             log(logging.WARNING, "slow consumer", conn=self.session.id, user=self.session.user_id)
