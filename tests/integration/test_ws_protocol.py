@@ -325,3 +325,20 @@ async def test_slow_consumer_is_closed_and_others_keep_receiving(
         await asyncio.sleep(0.01)  # the healthy client gets every event
     fast.close()
     stalled.close()
+
+
+@pytest.mark.settings(heartbeat_ms=200)
+@pytest.mark.gen_test(timeout=15)
+async def test_dead_peer_that_never_answers_pings_is_dropped(http_port: int, ws_url: str, token: Any,
+                                                              node: Any) -> None:
+    stalled = await stalled_client(http_port, token("ghost"))
+    alive = await connect(ws_url, token("alive"))  # the client library answers pings by itself
+    users = node.gateway.by_user
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while "ghost" in users and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    assert "ghost" not in users and "alive" in users
+    assert (await alive.request({"type": "ping"}))["type"] == "pong"
+    alive.close()
+    stalled.close()
