@@ -43,6 +43,8 @@ class Connection(Protocol):
 
     def close(self, code: int, reason: str) -> None: ...
 
+    def is_closed(self) -> bool: ...
+
 
 class Refused(Exception):
     """A connection may not open: ``code`` is the close code, ``error`` the frame."""
@@ -120,6 +122,9 @@ class Gateway:
                 ProtocolError("rate_limited", f"at most {self.settings.max_connections_per_user} connections per user",
                               retry_after_ms=RECONNECT_AFTER_MS),
             )
+        if conn.is_closed():  # the client left while it was being counted
+            self._spawn(self._release(identity.user_id))
+            return
         self.connections[session.id] = conn
         self.by_user.setdefault(identity.user_id, set()).add(conn)
         self.by_address[session.address] = self.by_address.get(session.address, 0) + 1

@@ -162,6 +162,9 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         if session is not None and session.identity is not None:
             self.gateway.closed(self, self.close_code, self.close_reason)
 
+    def is_closed(self) -> bool:
+        return self.ws_connection is None or self.ws_connection.is_closing()
+
     # ---------------------------------------------------------------- writing
 
     def send(self, frame: dict[str, Any]) -> None:
