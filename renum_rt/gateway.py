@@ -397,23 +397,32 @@ class Gateway:
             for conn in list(self.by_user.get(str(message.get("user")), ())):
                 conn.close(CLOSE_KICKED, "disconnected by an administrator")
 
-    def _on_resync(self) -> None:
-        self._spawn(self.resync())
+    def _on_resync(self, since: str) -> None:
+        """The engine's live feed was interrupted and is back: hold every channel this
+        node serves *now* (before the feed delivers anything newer), then re-read."""
+        held = self.hub.channels()
+        for channel in held:
+            self.hub.pause(channel)
+        self._spawn(self.resync(held, since))
 
-    async def resync(self) -> None:
-        """After the engine's live feed was interrupted, deliver from history what
-        this node's subscribers missed (the hub knows the last id of each channel)."""
-        for channel in self.hub.channels():
-            last = self.hub.last_ids.get(channel)
-            if last is None or not channels.is_stored(channel):
-                continue
-            try:
-                replay = await self.engine.history(channel, last, self.settings.replay_limit)
-            except EngineUnavailable:
-                return
-            for event in replay.events:
-                self.hub.deliver(channel, event.id, event_frame(channel, event.id, event.ts, event.name, event.data))
-        log(logging.INFO, "resync", channels=len(self.hub.channels()))
+    async def resync(self, held: list[str], since: str) -> None:
+        """Deliver, in order and once, what this node's subscribers missed while the
+        live feed was down: each channel's history after the last id this node fanned
+        out on it (``since``, a mark from the engine, when it fanned out none), followed
+        by what arrived live meanwhile."""
+        missed = 0
+        for channel in held:
+            events: list[Any] = []
+            if channels.is_stored(channel):
+                try:
+                    replay = await self.engine.history(channel, self.hub.last_ids.get(channel, since),
+                                                       self.settings.replay_limit)
+                    events = replay.events
+                except EngineUnavailable:
+                    pass  # the feed broke again: the engine will call for another resync
+            self.hub.resume(channel, [(e.id, event_frame(channel, e.id, e.ts, e.name, e.data)) for e in events])
+            missed += len(events)
+        log(logging.INFO, "resync", channels=len(held), events=missed)
 
     def connection_list(self) -> list[dict[str, Any]]:
         return [

@@ -22,9 +22,11 @@ from typing import Any, Callable, Sequence
 EventListener = Callable[[str, str, bytes], None]
 #: ``on_control(message)``: a cluster-wide command such as an admin disconnect.
 ControlListener = Callable[[dict[str, Any]], None]
-#: ``on_resync()``: the live feed was interrupted (a lost Redis connection, now back);
-#: events published meanwhile are in history but were not fanned out to this node.
-ResyncListener = Callable[[], None]
+#: ``on_resync(since)``: the live feed was interrupted (a lost Redis connection, now
+#: back); events published meanwhile are in history but were not fanned out to this
+#: node. ``since`` is an event id (on the store's clock) before which nothing was
+#: missed, for channels on which this node has not seen an event yet.
+ResyncListener = Callable[[str], None]
 
 
 class EngineUnavailable(Exception):
@@ -77,7 +79,7 @@ class Engine(abc.ABC):
     def __init__(self) -> None:
         self._on_event: EventListener = lambda channel, event_id, frame: None
         self._on_control: ControlListener = lambda message: None
-        self._on_resync: ResyncListener = lambda: None
+        self._on_resync: ResyncListener = lambda since: None
 
     def set_listeners(self, on_event: EventListener, on_control: ControlListener, on_resync: ResyncListener) -> None:
         """Where this node receives every published event, every control message, and

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any, Iterator, Sequence, cast
 
 import redis.asyncio
@@ -58,6 +59,8 @@ _RETRY_MIN_S = 0.1
 _RETRY_MAX_S = 2.0
 #: How long the pub/sub reader waits for a message before checking the connection's health.
 _POLL_S = 1.0
+#: how far the local clock may be ahead of Redis's, for the resync mark before Redis answered once
+_CLOCK_MARGIN_S = 5.0
 
 # Lua helpers: is id a before id b (ids are "<ms>-<seq>"; ms fits a Lua double exactly),
 # and the Redis clock in ms (the clock of stream ids).
@@ -248,6 +251,10 @@ class RedisEngine(Engine):
         self._connection_opened = self._redis.register_script(_CONNECTION_OPENED)
         self._connection_closed = self._redis.register_script(_CONNECTION_CLOSED)
         self._listener: asyncio.Task[None] | None = None
+        #: an id (Redis clock) up to which the live feed delivered everything: the last
+        #: event id seen on it, or the Redis time of the last subscription; until the
+        #: first one, the local clock with a margin
+        self._mark = f"{int((time.time() - _CLOCK_MARGIN_S) * 1000)}-0"
 
     def _key(self, kind: str, name: str) -> str:
         return f"{self._prefix}{kind}:{name}"
@@ -286,6 +293,8 @@ class RedisEngine(Engine):
                     confirmed += 1
                 elif message is not None:
                     self._dispatch(message)
+            seconds, micros = await self._redis.time()
+            self._mark = f"{seconds * 1000 + micros // 1000}-0"
         except BaseException:
             await pubsub.aclose()
             raise
@@ -302,6 +311,7 @@ class RedisEngine(Engine):
         delay = _RETRY_MIN_S
         while True:
             if pubsub is None:
+                since = self._mark
                 try:
                     pubsub = await self._subscribe()
                 except (RedisError, OSError) as exc:
@@ -312,7 +322,7 @@ class RedisEngine(Engine):
                 delay = _RETRY_MIN_S
                 log.info("redis pub/sub subscribed again")
                 try:
-                    self._on_resync()
+                    self._on_resync(since)
                 except Exception:
                     log.exception("engine resync listener failed")
             try:
@@ -334,7 +344,8 @@ class RedisEngine(Engine):
                 return
             if message["channel"] == self._fanout:
                 channel, event_id, frame = message["data"].split(b"\n", 2)
-                self._on_event(channel.decode(), event_id.decode(), frame)
+                self._mark = event_id.decode()
+                self._on_event(channel.decode(), self._mark, frame)
             elif message["channel"] == self._control:
                 self._on_control(ujson.loads(message["data"]))
         except Exception:

@@ -34,6 +34,7 @@ class Feed:
         self.events: list[tuple[str, str, bytes]] = []
         self.controls: list[dict[str, Any]] = []
         self.resyncs = 0
+        self.resync_marks: list[str] = []
         self._changed = asyncio.Event()
 
     def on_event(self, channel: str, event_id: str, frame: bytes) -> None:
@@ -44,8 +45,9 @@ class Feed:
         self.controls.append(message)
         self._changed.set()
 
-    def on_resync(self) -> None:
+    def on_resync(self, since: str) -> None:
         self.resyncs += 1
+        self.resync_marks.append(since)
         self._changed.set()
 
     async def wait_for(self, condition: Callable[[], bool], timeout: float = 3.0) -> None:

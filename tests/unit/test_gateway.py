@@ -99,11 +99,13 @@ async def test_resync_delivers_what_the_live_feed_missed() -> None:
     await g.open(conn)
     await g.subscribe(conn, "team:t1", None, None, "r")
     first = (await engine.publish(["team:t1"], "team.updated", {}, 0))["team:t1"]
-    engine.set_listeners(lambda *a: None, lambda m: None, lambda: None)  # the feed goes deaf
+    engine.set_listeners(lambda *a: None, lambda m: None, lambda since: None)  # the feed goes deaf
     missed = [(await engine.publish(["team:t1"], "team.updated", {}, 0))["team:t1"] for _ in range(2)]
-    engine.set_listeners(g.hub.deliver, lambda m: None, lambda: None)
-    await g.resync()
-    assert conn.events()[-3:] == [first, *missed]
+    engine.set_listeners(g.hub.deliver, lambda m: None, g._on_resync)
+    g._on_resync("0-0")
+    again = (await engine.publish(["team:t1"], "team.updated", {}, 0))["team:t1"]  # live, during the re-read
+    await asyncio.gather(*g._tasks)
+    assert conn.events()[-4:] == [first, *missed, again]
 
 
 @pytest.mark.gen_test
