@@ -46,8 +46,8 @@ class Settings:
     # -- backend services
     api_key: tuple[str, ...] = ()
     http_max_body_bytes: int = 1024 * 1024
-    http_rate: float = 200.0
-    http_burst: int = 400
+    http_rate: float = 1000.0
+    http_burst: int = 2000
     idempotency_ttl_s: int = 24 * 3600
     max_users_per_publish: int = 1000
 

@@ -60,11 +60,16 @@ def debug_enabled() -> bool:
     return logger.isEnabledFor(logging.DEBUG)
 
 
+#: routes whose successful requests are logged at debug only: health probes, and
+#: publishing, which the gateway logs itself (one info line per publish, not two)
+QUIET_PATHS = frozenset({"/healthz", "/api/v1/publish", "/api/v1/broadcast"})
+
+
 def access_log(handler: Any) -> None:
     """Tornado's ``log_function``: one line per HTTP request, path without query."""
     status = handler.get_status()
     level = logging.INFO if status < 400 else logging.WARNING
-    if status < 400 and handler.request.path in ("/healthz",):
+    if status < 400 and handler.request.path in QUIET_PATHS:
         level = logging.DEBUG
     log(
         level,

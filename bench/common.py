@@ -1,0 +1,280 @@
+"""Shared plumbing of the benchmark scripts: processes, the Node load generator,
+/proc readings, statistics and result files. Everything talks to 127.0.0.1 only.
+
+Core pinning: the server under test runs on core 0 (``taskset -c 0``), the load
+generator, the bench script itself and (when used) redis-server on core 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+RESULTS = BENCH / "results"
+LOADGEN = BENCH / "loadgen.mjs"
+SERVER_CORE = "0"
+LOAD_CORE = "1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def pin_self(core: str = LOAD_CORE) -> None:
+    """Keep this script off the server's core."""
+    try:
+        os.sched_setaffinity(0, {int(core)})
+    except (AttributeError, OSError):
+        pass
+
+
+def taskset(core: str) -> list[str]:
+    return ["taskset", "-c", core] if shutil.which("taskset") else []
+
+
+def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen[Any] | None = None) -> None:
+    """Poll ``url`` until it answers 200."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError) as exc:
+            last = exc
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} not ready after {timeout} s ({last})")
+
+
+def post(url: str, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    data = json.dumps(body or {}).encode()
+    req = urllib.request.Request(url, data=data, method="POST",
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        answer: dict[str, Any] = json.loads(resp.read() or b"{}")
+        return answer
+
+
+class Proc:
+    """A child process with its output in a log file; stopped with SIGTERM then SIGKILL.
+    ``taskset`` execs its command, so ``pid`` is the server's own pid (for /proc readings)."""
+
+    def __init__(self, argv: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path = ROOT) -> None:
+        self.log_path = log
+        self._log = open(log, "ab")
+        self.proc = subprocess.Popen(argv, cwd=cwd, env={**os.environ, **(env or {})},
+                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.pid = self.proc.pid
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+
+
+class LoadGen:
+    """The Node load generator (bench/loadgen.mjs) pinned to the load core."""
+
+    def __init__(self, port: int, log: Path) -> None:
+        node = shutil.which("node")
+        if node is None:
+            raise RuntimeError("node (Node.js 18+) is needed for the load generator")
+        self._err = open(log, "ab")
+        extra = os.environ.get("BENCH_NODE_ARGS", "").split()  # e.g. --cpu-prof, to profile the load generator
+        self.proc = subprocess.Popen([*taskset(LOAD_CORE), node, *extra, str(LOADGEN), "--port", str(port)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err,
+                                     cwd=ROOT, start_new_session=True)
+        hello = self.read()
+        assert hello["ev"] == "hello", hello
+        self.pid = int(hello["pid"])
+
+    def send(self, cmd: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps(cmd) + "\n").encode())
+        self.proc.stdin.flush()
+
+    def read(self, timeout: float = 120.0) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        import select
+
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            raise TimeoutError("load generator did not answer")
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"load generator exited ({self.proc.poll()})")
+        msg: dict[str, Any] = json.loads(line)
+        return msg
+
+    def expect(self, ev: str, timeout: float = 120.0) -> dict[str, Any]:
+        while True:
+            msg = self.read(timeout)
+            if msg.get("ev") == ev:
+                return msg
+
+    def call(self, cmd: dict[str, Any], ev: str, timeout: float = 120.0) -> dict[str, Any]:
+        self.send(cmd)
+        return self.expect(ev, timeout)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.send({"cmd": "exit"})
+                self.proc.wait(5)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait(5)
+        self._err.close()
+
+
+class RedisServer:
+    """A private redis-server on a free port, in a temporary directory, pinned to the load core."""
+
+    def __init__(self, fsync: str = "always") -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError("redis-server is not installed")
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="renum-bench-redis-"))
+        args = [*taskset(LOAD_CORE), exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+                "--save", "", "--daemonize", "no", "--logfile", str(self.dir / "redis.log")]
+        if fsync == "none":
+            args += ["--appendonly", "no"]
+        else:
+            args += ["--appendonly", "yes", "--appendfsync", fsync]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(64).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server did not start (see {self.dir / 'redis.log'})")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------- /proc
+
+
+def cpu_ns(pid: int) -> int:
+    """CPU time of every thread of ``pid`` so far, in ns (/proc/<pid>/task/*/schedstat)."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return 0
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as fh:
+                total += int(fh.read().split()[0])
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            pass
+    return total
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+# ---------------------------------------------------------------------- numbers
+
+
+def median(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def rnd(x: float | None, nd: int = 2) -> float | None:
+    return None if x is None else round(x, nd)
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {"nproc": os.cpu_count(), "python": platform.python_version(),
+                            "platform": platform.platform()}
+    try:
+        import tornado
+
+        info["tornado"] = tornado.version
+    except ImportError:
+        pass
+    try:
+        info["node"] = subprocess.run(["node", "--version"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except OSError:
+        pass
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        info["loadavg_at_start"] = open("/proc/loadavg").read().split()[:3]
+    except OSError:
+        pass
+    return info
+
+
+def results_dir(name: str) -> Path:
+    """A fresh directory for one run: bench/results/<name>-<timestamp>/ (git-ignored)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = RESULTS / f"{name}-{stamp}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_summary(path: Path, summary: dict[str, Any]) -> None:
+    (path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+
+
+def bench_secrets() -> tuple[str, str]:
+    """A throw-away JWT secret and API key for one run."""
+    return secrets.token_urlsafe(32), "bench-" + secrets.token_urlsafe(16)
+
+
+def python() -> str:
+    return sys.executable
