@@ -29,7 +29,7 @@ import logging
 import time
 import urllib.parse
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable, Final
+from typing import Any, AsyncIterator, Awaitable, Callable, Final, Sequence
 
 import ujson
 from tornado.httpclient import HTTPClientError, HTTPRequest
@@ -132,7 +132,7 @@ class RealtimeClient:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         token_provider: TokenProvider,
         *,
         backoff: Backoff = Backoff(),
@@ -146,7 +146,13 @@ class RealtimeClient:
         connect_timeout: float = 10.0,
         ping_interval: float | None = 30.0,
     ) -> None:
-        self.url = url
+        #: Every node URL; each reconnection attempt moves to the next one, so a client
+        #: given several nodes (no load balancer) survives the loss of one.
+        self.urls: list[str] = [url] if isinstance(url, str) else list(url)
+        if not self.urls:
+            raise ValueError("RealtimeClient needs at least one URL")
+        #: The URL of the current (or next) connection attempt.
+        self.url = self.urls[0]
         self.backoff = backoff
         self.auto_ack = auto_ack
         self.request_timeout = request_timeout
@@ -309,6 +315,8 @@ class RealtimeClient:
                     self._stop(FAILED, self.close_code, self.close_reason)
                     return
                 delay = self.backoff.delay_ms(attempt)
+                current = self.urls.index(self.url) if self.url in self.urls else -1
+                self.url = self.urls[(current + 1) % len(self.urls)]
                 self._set_state(RECONNECTING)
                 self._call(self._on_reconnecting, attempt, delay)
                 await asyncio.sleep(delay / 1000)

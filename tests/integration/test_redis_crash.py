@@ -249,11 +249,9 @@ async def test_kill_9_under_load_loses_and_doubles_nothing(cluster: Cluster) -> 
     # the SDK client: it moves to the other node when its connection is lost
     received: list[Event] = []
     states: list[str] = []
-    turn = itertools.count(1)
     client = RealtimeClient(
-        a.ws_url, lambda: token(user, teams=[team]), backoff=Backoff(attempts=100, base_ms=50, max_ms=300),
+        urls, lambda: token(user, teams=[team]), backoff=Backoff(attempts=100, base_ms=50, max_ms=300),
         on_event=received.append, on_state=states.append,
-        on_reconnecting=lambda attempt, delay: setattr(client, "url", urls[next(turn) % len(urls)]),
     )
     await client.connect()
     assert (await client.subscribe(channel))["recovered"] is True
