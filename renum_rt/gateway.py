@@ -11,6 +11,7 @@ are anything with the ``Connection`` methods, and periodic work is called from o
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 import uuid
@@ -30,6 +31,9 @@ from .session import Session
 
 #: what a connection refused for a cap is told to wait before it tries again
 RECONNECT_AFTER_MS = 1000
+#: connections each node includes in its heartbeat, for the admin list of other nodes
+CONNECTION_SAMPLE = 100
+SAMPLE = "connections_sample"
 
 
 class Connection(Protocol):
@@ -329,16 +333,21 @@ class Gateway:
     async def heartbeat(self) -> None:
         """Publish this node's statistics to the engine (expire if the node dies)."""
         ttl = max(2, int(self.settings.node_heartbeat_s * 3 + 0.999))
-        await self.engine.heartbeat(self.node_id, self.local_stats(), ttl)
+        report = {**self.local_stats(), SAMPLE: self.connection_list(CONNECTION_SAMPLE)}
+        await self.engine.heartbeat(self.node_id, report, ttl)
+
+    async def _other_nodes(self) -> list[dict[str, Any]]:
+        """The last reports of the other live nodes (none when the engine is down)."""
+        try:
+            return [n for n in await self.engine.nodes() if n.get("node") != self.node_id]
+        except EngineUnavailable:
+            return []
 
     async def stats(self) -> dict[str, Any]:
         """Statistics of every node sharing the engine, added up; this node's alone
         when the engine is unreachable."""
         mine = self.local_stats()
-        try:
-            nodes = [n for n in await self.engine.nodes() if n.get("node") != self.node_id]
-        except EngineUnavailable:
-            nodes = []
+        nodes = [{k: v for k, v in n.items() if k != SAMPLE} for n in await self._other_nodes()]
         nodes.append(mine)
         total: dict[str, Any] = {k: sum(n.get(k, 0) for n in nodes) for k in
                                  ("connections", "users", "channels", "messages_in", "messages_out",
@@ -424,7 +433,19 @@ class Gateway:
             missed += len(events)
         log(logging.INFO, "resync", channels=len(held), events=missed)
 
-    def connection_list(self) -> list[dict[str, Any]]:
+    async def all_connections(self, limit: int) -> dict[str, Any]:
+        """Connections of every node: this node's live, the others' from their last
+        report (at most ``CONNECTION_SAMPLE`` each, a heartbeat old)."""
+        rows = self.connection_list(limit)
+        total = len(self.connections)
+        for report in await self._other_nodes():
+            rows.extend(report.get(SAMPLE, ()))
+            total += int(report.get("connections", 0))
+        return {"node": self.node_id, "total": total, "complete": len(rows) >= total,
+                "connections": rows[:limit]}
+
+    def connection_list(self, limit: int) -> list[dict[str, Any]]:
+        """This node's connections, at most ``limit`` of them."""
         return [
             {
                 "connection_id": c.session.id,
@@ -435,5 +456,5 @@ class Gateway:
                 "last_active": c.session.last_active,
                 "channels": sorted(c.session.channels),
             }
-            for c in self.connections.values()
+            for c in itertools.islice(self.connections.values(), limit)
         ]

@@ -51,7 +51,11 @@ class StatsHandler(AdminHandler):
 class ConnectionsHandler(AdminHandler):
     async def get(self) -> None:
         async def connections(_: Identity) -> dict[str, Any]:
-            return {"node": self.gateway.node_id, "connections": self.gateway.connection_list()}
+            try:
+                limit = min(max(1, int(self.get_query_argument("limit", "1000"))), 10000)
+            except ValueError:
+                raise HttpError(400, "bad_request", "limit must be a whole number", field="limit") from None
+            return await self.gateway.all_connections(limit)
 
         await self.run(connections)
 

@@ -45,7 +45,13 @@ async def test_stats_count_connections_users_and_messages(
     assert stats["messages_in"] >= 1 and stats["messages_out"] >= 4
     listing = ujson.loads((await admin_call(http_client, base_url, "/admin/api/connections", admin_token)).body)
     rows = listing["connections"]
+    assert listing["total"] == 3 and listing["complete"] is True
     assert sorted(r["user_id"] for r in rows) == ["a", "a", "b"]
+    limited = ujson.loads((await admin_call(http_client, base_url, "/admin/api/connections?limit=1",
+                                            admin_token)).body)
+    assert len(limited["connections"]) == 1 and limited["complete"] is False
+    bad = await admin_call(http_client, base_url, "/admin/api/connections?limit=many", admin_token)
+    assert bad.code == 400 and ujson.loads(bad.body)["error"]["field"] == "limit"
     assert all({"address", "connected_at", "last_active", "channels"} <= set(r) for r in rows)
     assert "user:a" in rows[0]["channels"] or "user:b" in rows[0]["channels"]
     for client in clients:

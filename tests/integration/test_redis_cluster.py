@@ -238,6 +238,13 @@ async def test_stats_add_up_every_node_and_forget_a_killed_one(
         assert stats[key] == sum(n[key] for n in stats["per_node"]), key
     await eventually(lambda: shows({ids["a"]: 2, ids["b"]: 1, ids["c"]: 1}, via=b))  # the same from any node
     assert (stats["nodes"], stats["connections"]) == (3, 4)
+    assert all("connections_sample" not in n for n in stats["per_node"])
+
+    # the connection list of any node shows every node's connections
+    code, listing = await call(b.url, "/admin/api/connections", bearer=ADMIN)
+    assert code == 200 and listing["total"] == 4 and listing["complete"] is True
+    assert sorted((row["user_id"], row["node"]) for row in listing["connections"]) == sorted(
+        [(s1, ids["a"]), (s1, ids["a"]), (s2, ids["b"]), (s3, ids["c"])])
 
     c.kill()  # SIGKILL: node c never says goodbye; its heartbeat key expires
     killed_at = time.monotonic()
