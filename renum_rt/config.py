@@ -78,12 +78,20 @@ class Settings:
     # -- logging
     log_level: str = "info"
 
-    def origins(self) -> frozenset[str]:
-        """Origins allowed to open /ws from a browser."""
+    def origin_allowed(self, origin: str, host: str) -> bool:
+        """May a browser page from ``origin`` open /ws on this server, reached as ``host``?
+
+        With ``allowed_origins`` set, only those; otherwise the server's own origin:
+        ``public_origin`` when set, else the same host the request was sent to (what
+        a page served by this server, or by a proxy in front of it, sends).
+        """
+        origin = origin.rstrip("/").lower()
         if self.allowed_origins:
-            return frozenset(o.rstrip("/") for o in self.allowed_origins)
-        own = self.public_origin or f"http://{self.host}:{self.port}"
-        return frozenset({own.rstrip("/")})
+            return origin in {o.rstrip("/").lower() for o in self.allowed_origins}
+        if self.public_origin:
+            return origin == self.public_origin.rstrip("/").lower()
+        scheme, _, netloc = origin.partition("://")
+        return scheme in ("http", "https") and netloc == host.lower()
 
     def idle_sweep_s(self) -> float:
         """How often idle connections are looked for: a tenth of the timeout, at most 60 s."""

@@ -54,7 +54,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
         origin = self.request.headers.get("Origin")
-        if origin is not None and origin.rstrip("/") not in self.gateway.settings.origins():
+        if origin is not None and not self.gateway.settings.origin_allowed(origin, self.request.host):
             return self._refuse(403, "forbidden", "origin not allowed")
         offered = [p.strip() for p in self.request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
         versions = [p for p in offered if p.startswith("renum.")]

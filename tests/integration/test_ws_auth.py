@@ -189,3 +189,10 @@ async def test_rs256_tokens_verified_with_keys_from_a_jwks_url() -> None:
         server.stop()
         jwks_server.stop()
         await node.stop()
+
+
+@pytest.mark.gen_test
+async def test_same_origin_is_allowed_by_default(ws_url: str, base_url: str, token: Any) -> None:
+    client = await connect(ws_url, token("u1"), headers={"Origin": base_url})
+    assert (await client.request({"type": "ping"}))["type"] == "pong"
+    client.close()

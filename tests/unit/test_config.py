@@ -223,12 +223,22 @@ def test_toml_float_for_int_setting_is_refused(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- derived values
 
 
-def test_origins_default_and_explicit() -> None:
-    assert Settings().origins() == frozenset({"http://127.0.0.1:8765"})
-    assert Settings(host="0.0.0.0", port=9000).origins() == frozenset({"http://0.0.0.0:9000"})
-    assert Settings(public_origin="https://rt.example/").origins() == frozenset({"https://rt.example"})
+def test_origin_allowed_default_is_same_origin() -> None:
+    s = Settings(host="0.0.0.0", port=9000)
+    assert s.origin_allowed("http://rt.example:9000", "rt.example:9000")
+    assert s.origin_allowed("https://RT.example/", "rt.example")
+    assert not s.origin_allowed("https://evil.example", "rt.example")
+    assert not s.origin_allowed("null", "rt.example")
+    assert not s.origin_allowed("file://rt.example", "rt.example")
+
+
+def test_origin_allowed_public_origin_and_explicit_list() -> None:
+    public = Settings(public_origin="https://rt.example/")
+    assert public.origin_allowed("https://rt.example", "internal:8765")
+    assert not public.origin_allowed("http://internal:8765", "internal:8765")
     explicit = Settings(allowed_origins=("https://a.example/", "https://b.example"), public_origin="https://rt.example")
-    assert explicit.origins() == frozenset({"https://a.example", "https://b.example"})
+    assert explicit.origin_allowed("https://a.example", "x") and explicit.origin_allowed("https://B.example/", "x")
+    assert not explicit.origin_allowed("https://rt.example", "rt.example")
 
 
 @pytest.mark.parametrize(
