@@ -21,7 +21,10 @@ Key layout, everything under ``prefix`` (default ``renum-rt:``):
 | ``nodes``              | set    | ids of nodes that sent a heartbeat (dead ones removed lazily) |
 | ``conns:<user_id>``    | hash   | node_id -> open connections of that user on that node         |
 
-Pub/sub channels: ``fanout`` carries ``channel \\n id \\n frame``; ``control`` carries JSON.
+Pub/sub channels: ``fanout`` carries one message per publish: the frame tail, then a
+channel line and an id line per channel (``tail \\n channel \\n id [\\n channel \\n id ...]``);
+``control`` carries JSON. Each node builds each channel's frame from those parts
+(``event_frame_head(channel) + id + tail``): the payload is never encoded again.
 Streams, latest states, id counters and cursors expire ``max_age_s`` after their last
 write, so idle channels vanish.
 """
@@ -79,16 +82,17 @@ end
 """
 
 # KEYS: per channel, its stream (or id counter), then its latest hash if it keeps one.
-# ARGV: fanout, tail, name, data, ts, max_len, max_age_s, then per channel: channel, head,
-# mode ('s' stored, 'l' stored + latest, 'c' live only). Store and PUBLISH happen
+# ARGV: fanout, tail, name, data, ts, max_len, max_age_s, then per channel: channel and
+# mode ('s' stored, 'l' stored + latest, 'c' live only). Storing and the one PUBLISH of
+# the whole request (the frame tail, then a channel and id line per channel) happen
 # together, so live order is stream order. Returns the ids.
 _PUBLISH = _LUA_HELPERS + r"""
 local fanout, tail, name, data, ts = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local max_len, max_age = tonumber(ARGV[6]), tonumber(ARGV[7])
 local now = now_ms()
-local ids, k = {}, 1
-for i = 8, #ARGV, 3 do
-  local channel, head, mode = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+local ids, lines, k = {}, {tail}, 1
+for i = 8, #ARGV, 2 do
+  local channel, mode = ARGV[i], ARGV[i + 1]
   local key, id = KEYS[k], nil
   k = k + 1
   if mode == 'c' then
@@ -111,9 +115,11 @@ for i = 8, #ARGV, 3 do
     end
   end
   if max_age > 0 then redis.call('EXPIRE', key, max_age) end
-  redis.call('PUBLISH', fanout, channel .. '\n' .. id .. '\n' .. head .. id .. tail)
+  lines[#lines + 1] = channel
+  lines[#lines + 1] = id
   ids[#ids + 1] = id
 end
+redis.call('PUBLISH', fanout, table.concat(lines, '\n'))
 return ids
 """
 
@@ -343,9 +349,13 @@ class RedisEngine(Engine):
             if message["type"] != "message":
                 return
             if message["channel"] == self._fanout:
-                channel, event_id, frame = message["data"].split(b"\n", 2)
-                self._mark = event_id.decode()
-                self._on_event(channel.decode(), self._mark, frame)
+                tail, *targets = message["data"].split(b"\n")
+                for channel_bytes, id_bytes in zip(targets[::2], targets[1::2]):
+                    channel, self._mark = channel_bytes.decode(), id_bytes.decode()
+                    try:
+                        self._on_event(channel, self._mark, event_frame_head(channel).encode() + id_bytes + tail)
+                    except Exception:  # one channel's fault must not cost the others their event
+                        log.exception("engine listener failed on channel %s", channel)
             elif message["channel"] == self._control:
                 self._on_control(ujson.loads(message["data"]))
         except Exception:
@@ -378,7 +388,7 @@ class RedisEngine(Engine):
             else:
                 keys.append(self._key("s", channel))
                 mode = "s"
-            args += [channel, event_frame_head(channel), mode]
+            args += [channel, mode]
         with _unavailable():
             ids = await self._publish(keys=keys, args=args)
         return {channel: event_id.decode() for channel, event_id in zip(channel_names, ids)}
