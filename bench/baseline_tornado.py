@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import json
 import signal
-import struct
 import time
 
 import tornado.httpserver
@@ -38,6 +37,9 @@ import tornado.iostream
 import tornado.ioloop
 import tornado.web
 import tornado.websocket
+from gclog import log_gen2_collections
+
+from renum_rt.protocol.wsframe import text_frame
 
 #: byte for byte the event frame renum-rt builds for the same announcement
 TEMPLATE = ('{"type":"event","v":1,"channel":"system","id":"%d-%d","ts":%d,"event":"system.announcement",'
@@ -46,15 +48,6 @@ TEMPLATE = ('{"type":"event","v":1,"channel":"system","id":"%d-%d","ts":%d,"even
 CONNS: set["WsHandler"] = set()
 USERS: dict[str, "WsHandler"] = {}
 SEQ = [0]
-
-
-def text_frame(payload: bytes) -> bytes:
-    n = len(payload)
-    if n < 126:
-        return bytes((0x81, n)) + payload
-    if n <= 0xFFFF:
-        return struct.pack("!BBH", 0x81, 126, n) + payload
-    return struct.pack("!BBQ", 0x81, 127, n) + payload
 
 
 class WsHandler(tornado.websocket.WebSocketHandler):
@@ -146,24 +139,6 @@ class PublishHandler(tornado.web.RequestHandler):
 class HealthHandler(tornado.web.RequestHandler):
     def get(self) -> None:
         self.finish({"ok": True, "connections": len(CONNS)})
-
-
-def log_gen2_collections() -> None:
-    """Print each full (generation 2) collection: its duration and what it freed."""
-    import gc
-
-    started = [0.0]
-
-    def callback(phase: str, info: dict[str, int]) -> None:
-        if info["generation"] != 2:
-            return
-        if phase == "start":
-            started[0] = time.perf_counter()
-        else:
-            ms = (time.perf_counter() - started[0]) * 1000
-            print(f"gc gen2 {ms:.1f} ms collected={info['collected']} at={time.monotonic():.3f}", flush=True)
-
-    gc.callbacks.append(callback)
 
 
 async def main() -> None:

@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from gclog import log_gen2_collections
+
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -89,24 +91,6 @@ async def serve(args: argparse.Namespace) -> None:
     await node.stop(1012, "server restart")
     await asyncio.sleep(0.1)
     await server.close_all_connections()
-
-
-def log_gen2_collections() -> None:
-    """Print each full (generation 2) collection: its duration and what it freed."""
-    import gc
-
-    started = [0.0]
-
-    def callback(phase: str, info: dict[str, int]) -> None:
-        if info["generation"] != 2:
-            return
-        if phase == "start":
-            started[0] = time.perf_counter()
-        else:
-            ms = (time.perf_counter() - started[0]) * 1000
-            print(f"gc gen2 {ms:.1f} ms collected={info['collected']} at={time.monotonic():.3f}", flush=True)
-
-    gc.callbacks.append(callback)
 
 
 def main() -> None:
