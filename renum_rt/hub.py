@@ -66,24 +66,20 @@ class Hub:
             return
         self.last_ids[channel] = event_id
         frame = text_frame(payload)
-        if catching:
-            key = parse_id(event_id)
-            caught = [sub for sub, floor in catching.items() if key > floor]
-            for sub in caught:
-                del catching[sub]
-                sub.send_frame(frame)
-            if caught:
-                self.delivered += len(caught)
-                live = self._live.setdefault(channel, set())
-                live.update(caught)
-                if not catching:
-                    del self._catching[channel]
-            # the subscriptions just caught up were sent this event already
-            live = [sub for sub in live or () if sub not in caught] if caught else live
         if live:
             for sub in live:
                 sub.send_frame(frame)
             self.delivered += len(live)
+        if catching:
+            key = parse_id(event_id)
+            caught = [sub for sub, floor in catching.items() if key > floor]
+            for sub in caught:  # the first event past the replay: live from now on
+                del catching[sub]
+                sub.send_frame(frame)
+                self._live.setdefault(channel, set()).add(sub)
+            self.delivered += len(caught)
+            if not catching:
+                del self._catching[channel]
         if warming:
             for buffer in warming.values():
                 buffer.append((event_id, payload))
