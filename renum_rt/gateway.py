@@ -11,6 +11,7 @@ are anything with the ``Connection`` methods, and periodic work is called from o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -172,10 +173,8 @@ class Gateway:
         self._spawn(self._release(user))
 
     async def _release(self, user: str) -> None:
-        try:
+        with contextlib.suppress(EngineUnavailable):
             await self.engine.connection_closed(self.node_id, user)
-        except EngineUnavailable:
-            pass
 
     # ------------------------------------------------------------------ client frames
 
@@ -369,9 +368,8 @@ class Gateway:
         """Store and fan out one event; with an Idempotency-Key, a retry returns the
         first answer and creates nothing new. Raises ``EngineUnavailable`` (nothing
         was accepted) and ``IdempotencyInProgress``."""
-        key = None
-        if idempotency_key is not None:
-            key = f"{idempotency_key}"
+        key = idempotency_key
+        if key is not None:
             previous = await self.engine.idempotency_claim(key, self.settings.idempotency_ttl_s)
             if previous is not None:
                 return previous
@@ -379,18 +377,16 @@ class Gateway:
             ids = await self.engine.publish(targets, name, data, int(time.time() * 1000))
         except BaseException:
             if key is not None:
-                try:
+                with contextlib.suppress(EngineUnavailable):
                     await self.engine.idempotency_release(key)
-                except EngineUnavailable:
-                    pass
             raise
         answer = {"ids": ids}
         self.published += 1
         if key is not None:
-            try:
+            # the event is stored: if its answer cannot be, a retry publishes it again,
+            # under new ids, which clients de-duplicate by content at worst
+            with contextlib.suppress(EngineUnavailable):
                 await self.engine.idempotency_store(key, answer, self.settings.idempotency_ttl_s)
-            except EngineUnavailable:
-                pass  # the event is stored; a retry may publish it again, which ids let clients drop
         log(logging.INFO, "publish", event=name, channels=len(targets), idempotency=key is not None)
         return answer
 
