@@ -21,6 +21,7 @@ from renum_rt import __version__
 from renum_rt.auth import AuthError, issue_token
 from renum_rt.config import ConfigError, Settings, load, with_changes
 from renum_rt.logs import log, setup
+from renum_rt.protocol.errors import CLOSE_RESTART
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -74,7 +75,7 @@ async def serve(settings: Settings) -> None:
     await stop.wait()
     log(logging.INFO, "shutting down", node=node.gateway.node_id)
     server.stop()
-    await node.stop(1012, "server restart")
+    await node.stop(CLOSE_RESTART, "server restart")
     await asyncio.sleep(0.1)  # let the close frames reach the clients
     await server.close_all_connections()
 

@@ -27,6 +27,7 @@ from .handlers.health import HealthHandler
 from .handlers.ws import WebSocketHandler
 from .limits import KeyedBuckets
 from .logs import access_log, log
+from .protocol.errors import CLOSE_RESTART
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
@@ -97,7 +98,7 @@ class Node:
         if self.gateway.hub.subscriber_count("admin"):
             self.gateway.push_admin_stats(await self.gateway.stats())
 
-    async def stop(self, code: int = 1012, reason: str = "server shutting down") -> None:
+    async def stop(self, code: int = CLOSE_RESTART, reason: str = "server shutting down") -> None:
         for callback in self._callbacks:
             callback.stop()
         await self.gateway.stop(code, reason)

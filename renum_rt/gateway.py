@@ -447,6 +447,7 @@ class Gateway:
                 "connection_id": c.session.id,
                 "user_id": c.session.user_id,
                 "address": c.session.address,
+                "origin": c.session.origin,
                 "node": self.node_id,
                 "connected_at": c.session.connected_at,
                 "last_active": c.session.last_active,

@@ -37,6 +37,7 @@ from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, WebSocketError, websocket_connect
 
 from ..ids import IdKey, format_id, parse_id
+from ..protocol.errors import CLOSE_FORBIDDEN, CLOSE_IDLE, CLOSE_KICKED, CLOSE_NORMAL, CLOSE_UNAUTHORIZED
 from .backoff import Backoff
 
 log = logging.getLogger("renum_rt.client")
@@ -54,15 +55,9 @@ UNAUTHORIZED: Final = "unauthorized"
 #: States in which the client neither is connected nor tries to be.
 STOPPED: Final = frozenset({DISCONNECTED, FAILED, UNAUTHORIZED})
 
-# Close codes (contract v1, "Close codes") that decide what happens next.
-_CLOSE_NORMAL = 1000
-_CLOSE_UNAUTHORIZED = 4001
-_CLOSE_FORBIDDEN = 4003
-_CLOSE_IDLE = 4008
-_CLOSE_KICKED = 4009
 #: Close codes after which the client stops; every other code or a lost connection
 #: (1008, 1009, 1012, 4029, 1006, network errors) reconnects with backoff.
-_STOP_CODES = frozenset({_CLOSE_NORMAL, _CLOSE_FORBIDDEN, _CLOSE_IDLE, _CLOSE_KICKED})
+_STOP_CODES = frozenset({CLOSE_NORMAL, CLOSE_FORBIDDEN, CLOSE_IDLE, CLOSE_KICKED})
 #: Pseudo close code for an upgrade refused with an HTTP status that retrying cannot
 #: fix (400 unsupported version, 404 wrong path...): the client fails at once.
 _REFUSED = -1
@@ -212,7 +207,7 @@ class RealtimeClient:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         self._inbox.clear()
-        self._stop(DISCONNECTED, _CLOSE_NORMAL, "closed by the client")
+        self._stop(DISCONNECTED, CLOSE_NORMAL, "closed by the client")
 
     async def subscribe(self, channel: str, since: str | None = None, token: str | None = None) -> dict[str, Any]:
         """Subscribe to ``channel``; return the ``subscribed`` reply.
@@ -328,7 +323,7 @@ class RealtimeClient:
             if session.welcomed:
                 attempt, refreshing = 0, False
             code = session.close_code
-            if code == _CLOSE_UNAUTHORIZED:
+            if code == CLOSE_UNAUTHORIZED:
                 if refreshing:
                     self._stop(UNAUTHORIZED, code, session.close_reason)
                     return
@@ -350,10 +345,10 @@ class RealtimeClient:
         except Exception as exc:
             log.warning("token provider failed: %r", exc)
             if refreshing:  # no fresh token: stop as unauthorized
-                return _Session(_CLOSE_UNAUTHORIZED, f"token provider failed: {exc!r}")
+                return _Session(CLOSE_UNAUTHORIZED, f"token provider failed: {exc!r}")
             return _Session(None, f"token provider failed: {exc!r}")
         if not token:
-            return _Session(_CLOSE_UNAUTHORIZED, "the token provider gave no token")
+            return _Session(CLOSE_UNAUTHORIZED, "the token provider gave no token")
         url = self.url
         if not self._send_auth_frame:
             parts = urllib.parse.urlsplit(url)
@@ -367,9 +362,9 @@ class RealtimeClient:
             )
         except HTTPClientError as exc:
             if exc.code == 401:
-                return _Session(_CLOSE_UNAUTHORIZED, _http_error_message(exc))
+                return _Session(CLOSE_UNAUTHORIZED, _http_error_message(exc))
             if exc.code == 403:
-                return _Session(_CLOSE_FORBIDDEN, _http_error_message(exc))
+                return _Session(CLOSE_FORBIDDEN, _http_error_message(exc))
             if 400 <= exc.code < 500 and exc.code not in (408, 429):
                 return _Session(_REFUSED, _http_error_message(exc))
             return _Session(None, _http_error_message(exc))
@@ -391,7 +386,7 @@ class RealtimeClient:
                     pass  # a reply could not be written: the connection is closing, read its close
         finally:
             self._conn = None
-            conn.close(_CLOSE_NORMAL)
+            conn.close(CLOSE_NORMAL)
 
     # -- frames in --------------------------------------------------------------------
 
@@ -542,7 +537,7 @@ class RealtimeClient:
     async def _ready(self) -> None:
         """Wait until connected; after an idle close (4008), this activity reconnects."""
         if self.state in STOPPED:
-            if self.close_code == _CLOSE_IDLE and self._run_task is not None:
+            if self.close_code == CLOSE_IDLE and self._run_task is not None:
                 await self.connect()
                 return
             raise ConnectionClosedError(self.state, "not connected: call connect()", close_code=self.close_code)
@@ -579,7 +574,7 @@ class RealtimeClient:
         self.close_code, self.close_reason = close_code, reason
         conn, self._conn = self._conn, None
         if conn is not None:
-            conn.close(_CLOSE_NORMAL)
+            conn.close(CLOSE_NORMAL)
         self._fail_pending(ConnectionClosedError(state, reason or "the client stopped", close_code=close_code))
         self._set_state(state)
 

@@ -73,8 +73,6 @@ class Engine(abc.ABC):
     """Storage + fan-out. Implementations: ``MemoryEngine`` and ``RedisEngine``."""
 
     name: str = "abstract"
-    #: True when the engine survives a restart of this process (Redis).
-    durable: bool = False
 
     def __init__(self) -> None:
         self._on_event: EventListener = lambda channel, event_id, frame: None

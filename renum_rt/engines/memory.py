@@ -36,7 +36,6 @@ class _Stream:
 
 class MemoryEngine(Engine):
     name = "memory"
-    durable = False
 
     def __init__(self, retention: Retention = Retention(), clock: Callable[[], float] = time.time) -> None:
         super().__init__()

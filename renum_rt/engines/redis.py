@@ -230,7 +230,6 @@ class RedisEngine(Engine):
     """
 
     name = "redis"
-    durable = True
 
     def __init__(self, url: str, retention: Retention, prefix: str = "renum-rt:") -> None:
         super().__init__()

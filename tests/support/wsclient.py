@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Callable
 
 import tornado.httpclient
 import tornado.websocket
@@ -30,27 +30,26 @@ class Client:
         assert_server_frame(frame)
         return frame
 
-    async def recv_type(self, kind: str, timeout: float = 5.0) -> dict[str, Any]:
-        """Skip frames until one of type ``kind`` arrives."""
+    async def recv_until(self, wanted: Callable[[dict[str, Any]], bool], what: str,
+                         timeout: float = 5.0) -> dict[str, Any]:
+        """Skip frames until one for which ``wanted`` holds arrives."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
             frame = await self.recv(max(0.01, deadline - loop.time()))
-            assert frame is not None, f"closed ({self.close_code}) while waiting for {kind!r}"
-            if frame["type"] == kind:
+            assert frame is not None, f"closed ({self.close_code}) while waiting for {what}"
+            if wanted(frame):
                 return frame
+
+    async def recv_type(self, kind: str, timeout: float = 5.0) -> dict[str, Any]:
+        """Skip frames until one of type ``kind`` arrives."""
+        return await self.recv_until(lambda f: f["type"] == kind, repr(kind), timeout)
 
     async def request(self, frame: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
         """Send a frame with a ref and return the reply or error carrying that ref."""
         ref = frame.setdefault("ref", f"r{id(frame)}")
         await self.send(frame)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            reply = await self.recv(max(0.01, deadline - loop.time()))
-            assert reply is not None, f"closed ({self.close_code}) while waiting for ref {ref}"
-            if reply.get("ref") == ref:
-                return reply
+        return await self.recv_until(lambda f: f.get("ref") == ref, f"ref {ref}", timeout)
 
     async def closed(self, timeout: float = 5.0) -> int | None:
         """Read until the server closes; return the close code."""
