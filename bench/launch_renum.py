@@ -71,7 +71,7 @@ async def serve(args: argparse.Namespace) -> None:
     class BurstHandler(tornado.web.RequestHandler):
         def post(self) -> None:
             n = int(self.get_query_argument("n", "100"))
-            self.finish({"started": True, "connections": len(gateway.connections), "n": n})
+            self.finish({"started": True, "connections": len(gateway.registry), "n": n})
             tornado.ioloop.IOLoop.current().spawn_callback(burst, n)
 
     node.app.add_handlers(r".*", [(r"/bench/burst", BurstHandler)])

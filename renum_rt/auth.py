@@ -133,8 +133,11 @@ class TokenVerifier:
         return claims
 
     def identity(self, token: str) -> Identity:
-        """The user a token speaks for."""
+        """The user a session token speaks for. A subscription token (one with a
+        ``channel`` claim) opens that channel only, never a session."""
         claims = self.decode(token, ["exp", "sub"])
+        if "channel" in claims:
+            raise AuthError("a subscription token opens one channel, not a session: use the user token")
         role = claim_at(claims, self._settings.admin_claim)
         want = self._settings.admin_value
         is_admin = role == want or (isinstance(role, list) and want in role)

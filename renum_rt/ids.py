@@ -8,13 +8,17 @@ Clients treat ids as opaque strings; only the server orders them.
 from __future__ import annotations
 
 IdKey = tuple[int, int]
+#: digits in each part of an id: 19 always fits the unsigned 64-bit numbers of Redis ids,
+#: so a client cannot hand the store an id it would reject
+MAX_DIGITS = 19
 
 
 def parse_id(event_id: str) -> IdKey:
     """Return the sortable key of ``event_id``; raise ``ValueError`` if it is not an id."""
     ms, sep, seq = event_id.partition("-")
-    if not sep or not event_id.isascii() or not ms.isdigit() or not seq.isdigit() or len(event_id) > 41:
-        raise ValueError(f"not an event id: {event_id!r}")
+    if (not sep or not event_id.isascii() or not ms.isdigit() or not seq.isdigit()
+            or len(ms) > MAX_DIGITS or len(seq) > MAX_DIGITS):
+        raise ValueError(f"not an event id: {event_id[:48]!r}")
     return int(ms), int(seq)
 
 

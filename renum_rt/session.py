@@ -21,8 +21,8 @@ from .protocol.errors import CLOSE_POLICY, CLOSE_UNAUTHORIZED
 
 class Session:
     __slots__ = (
-        "id", "address", "settings", "identity", "channels", "connected_at", "last_active",
-        "bucket", "limited_in_row", "messages_in", "messages_out", "origin",
+        "id", "address", "settings", "identity", "channels", "granted", "connected_at", "last_active",
+        "bucket", "limited_in_row", "origin",
     )
 
     def __init__(self, connection_id: str, address: str, settings: Settings, now: float, origin: str | None = None) -> None:
@@ -32,12 +32,12 @@ class Session:
         self.settings = settings
         self.identity: Identity | None = None
         self.channels: set[str] = set()
+        #: channels opened with a subscription token (a ``refresh`` does not re-check them)
+        self.granted: set[str] = set()
         self.connected_at = now
         self.last_active = now
         self.bucket = TokenBucket(settings.rate, settings.burst, now)
         self.limited_in_row = 0
-        self.messages_in = 0
-        self.messages_out = 0
 
     @property
     def user_id(self) -> str | None:
@@ -50,7 +50,6 @@ class Session:
         parsed, so malformed floods are limited like well-formed ones.
         """
         self.last_active = now
-        self.messages_in += 1
         if not self.bucket.take(now):
             self.limited_in_row += 1
             retry = max(1, int(self.bucket.retry_after(now) * 1000 + 0.999))

@@ -33,6 +33,11 @@ class EngineUnavailable(Exception):
     """The store is unreachable; nothing was changed by the failed call."""
 
 
+class AckRefused(Exception):
+    """An ``ack`` names an id after the newest event stored on its channel: the client
+    cannot have seen it, and storing it would hide every later event."""
+
+
 class IdempotencyInProgress(Exception):
     """Another request holding the same Idempotency-Key has not finished yet."""
 
@@ -112,7 +117,8 @@ class Engine(abc.ABC):
         """At most ``limit`` retained events with an id after ``since`` (all retained
         ones when ``since`` is None), oldest first; when more are retained, the newest
         ``limit``. ``complete`` is False whenever the engine cannot prove there is no
-        gap after ``since`` (retention dropped events, an expired stream, the limit)."""
+        gap after ``since`` (retention dropped events, an expired stream, the limit,
+        or a ``since`` after the newest stored id, which the store has not handed out)."""
 
     @abc.abstractmethod
     async def latest(self, channel: str) -> Event | None:
@@ -122,7 +128,8 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     async def ack(self, channel: str, event_id: str) -> str:
         """Move the channel's ack cursor forward to ``event_id`` (never backwards);
-        return the cursor after the move."""
+        return the cursor after the move. Raise ``AckRefused``, changing nothing, when
+        ``event_id`` is after the newest id stored on the channel."""
 
     @abc.abstractmethod
     async def cursor(self, channel: str) -> str | None:

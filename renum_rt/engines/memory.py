@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 from .. import channels
 from ..ids import IdKey, format_id, next_id, parse_id
 from ..protocol import event_frame_head, event_frame_tail
-from .base import Engine, Event, IdempotencyInProgress, Replay, Retention
+from .base import AckRefused, Engine, Event, IdempotencyInProgress, Replay, Retention
 
 
 log = logging.getLogger(__name__)
@@ -87,12 +87,12 @@ class MemoryEngine(Engine):
     async def history(self, channel: str, since: str | None, limit: int) -> Replay:
         stream = self._streams.get(channel)
         after = parse_id(since) if since is not None else None
-        if stream is None:
-            return Replay([], after is None or after >= self._floor)
+        if stream is None:  # nothing stored: any id is either lost with an earlier process or never handed out
+            return Replay([], after is None)
         self._trim(stream, int(self._clock() * 1000))
         lower = after if after is not None else (-1, -1)
         events = [event for key, event in stream.events if key > lower]
-        complete = after is None or (after >= stream.trimmed and after >= self._floor)
+        complete = after is None or (stream.trimmed <= after <= stream.last and after >= self._floor)
         if len(events) > max(0, limit):
             events, complete = (events[-limit:] if limit > 0 else []), False
         return Replay(events, complete)
@@ -101,7 +101,11 @@ class MemoryEngine(Engine):
         return self._latest.get(channel)
 
     async def ack(self, channel: str, event_id: str) -> str:
-        key = max(parse_id(event_id), self._cursors.get(channel, (0, 0)))
+        stream = self._streams.get(channel)
+        acked = parse_id(event_id)
+        if stream is None or acked > stream.last:
+            raise AckRefused(f"{event_id} is after the newest event of {channel}")
+        key = max(acked, self._cursors.get(channel, (0, 0)))
         self._cursors[channel] = key
         return format_id(key)
 

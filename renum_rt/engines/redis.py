@@ -50,7 +50,7 @@ from redis.maint_notifications import MaintNotificationsConfig
 from .. import channels
 from ..ids import format_id, parse_id
 from ..protocol import encode, event_frame_head, event_frame_tail
-from .base import Engine, EngineUnavailable, Event, IdempotencyInProgress, Replay, Retention
+from .base import AckRefused, Engine, EngineUnavailable, Event, IdempotencyInProgress, Replay, Retention
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ if gap == nil then
   gap = stream['max-deleted-entry-id']
   if gap == '0-0' and stream['first-entry'] then gap = stream['first-entry'][1] end
 end
-local complete = since == '' or not less(since, gap)
+local complete = since == '' or (not less(since, gap) and not less(stream['last-generated-id'], since))
 local lower = '-'
 if dropped and (since == '' or less(since, dropped)) then
   lower = '(' .. dropped
@@ -165,8 +165,14 @@ end
 return {complete and 1 or 0, rows}
 """
 
-# KEYS: the cursor. ARGV: id, max_age_s. Moves only forwards; returns the cursor.
+# KEYS: the cursor, the channel's stream. ARGV: id, max_age_s. Moves only forwards;
+# returns the cursor, or false (nothing changed) when id is after the newest stored id.
 _ACK = _LUA_HELPERS + r"""
+if redis.call('EXISTS', KEYS[2]) == 0 then return false end
+local info = redis.call('XINFO', 'STREAM', KEYS[2])
+for i = 1, #info, 2 do
+  if info[i] == 'last-generated-id' and less(info[i + 1], ARGV[1]) then return false end
+end
 local cursor = redis.call('GET', KEYS[1])
 if not cursor or less(cursor, ARGV[1]) then
   cursor = ARGV[1]
@@ -408,7 +414,10 @@ class RedisEngine(Engine):
     async def ack(self, channel: str, event_id: str) -> str:
         args: list[str | int] = [format_id(parse_id(event_id)), self._retention.max_age_s]
         with _unavailable():
-            cursor: bytes = await self._ack(keys=[self._key("cursor", channel)], args=args)
+            cursor: bytes | None = await self._ack(keys=[self._key("cursor", channel), self._key("s", channel)],
+                                                   args=args)
+        if cursor is None:
+            raise AckRefused(f"{event_id} is after the newest event of {channel}")
         return cursor.decode()
 
     async def cursor(self, channel: str) -> str | None:

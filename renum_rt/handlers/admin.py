@@ -23,7 +23,7 @@ from .base import HttpError, JsonHandler
 class AdminHandler(JsonHandler):
     async def admin(self) -> Identity:
         try:
-            identity = await self.gateway.auth.identity(self.bearer())
+            identity = await self.gateway.access.identity(self.bearer())
         except AuthError as exc:
             raise HttpError(401, "unauthorized", str(exc)) from None
         if not identity.is_admin:
@@ -43,7 +43,7 @@ class AdminHandler(JsonHandler):
 class StatsHandler(AdminHandler):
     async def get(self) -> None:
         async def stats(_: Identity) -> dict[str, Any]:
-            return await self.gateway.stats()
+            return await self.gateway.cluster.stats()
 
         await self.run(stats)
 
@@ -55,7 +55,7 @@ class ConnectionsHandler(AdminHandler):
                 limit = min(max(1, int(self.get_query_argument("limit", "1000"))), 10000)
             except ValueError:
                 raise HttpError(400, "bad_request", "limit must be a whole number", field="limit") from None
-            return await self.gateway.all_connections(limit)
+            return await self.gateway.cluster.all_connections(limit)
 
         await self.run(connections)
 
@@ -67,7 +67,7 @@ class DisconnectHandler(AdminHandler):
                 channels.parse(channels.user_channel(user_id))
             except channels.ChannelError:
                 raise HttpError(400, "bad_request", "not a valid user id", field="user_id") from None
-            await self.gateway.disconnect_user(user_id, by=identity.user_id)
+            await self.gateway.cluster.disconnect_user(user_id, by=identity.user_id)
             return {"disconnected": user_id}
 
         await self.run(disconnect)

@@ -10,5 +10,5 @@ class HealthHandler(JsonHandler):
     async def get(self) -> None:
         ok = await self.gateway.engine.ping()
         body = {"status": "ok" if ok else "unavailable", "engine": self.gateway.engine.name,
-                "node": self.gateway.node_id, "connections": len(self.gateway.connections)}
+                "node": self.gateway.node_id, "connections": len(self.gateway.registry)}
         self.reply(body, 200 if ok else 503)

@@ -22,16 +22,16 @@ from typing import Any
 import tornado.ioloop
 import tornado.websocket
 import ujson
-from tornado.iostream import IOStream, StreamClosedError
 
 from ..auth import AuthError
 from ..channels import Identity
-from ..gateway import Gateway, Refused
+from ..gateway import RECONNECT_AFTER_MS, Gateway, Refused
 from ..logs import debug_enabled, log, redact
 from ..protocol import SUBPROTOCOLS, ProtocolError, encode
-from ..protocol.errors import CLOSE_POLICY, CLOSE_UNAUTHORIZED
+from ..protocol.errors import CLOSE_POLICY, CLOSE_TOO_MANY, CLOSE_UNAUTHORIZED
 from ..protocol.wsframe import text_frame
 from ..session import Session
+from . import socket_write
 
 
 class WebSocketHandler(tornado.websocket.WebSocketHandler):
@@ -42,6 +42,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         self.gateway = gateway
         self._identity: Identity | None = None
         self._timer: object | None = None
+        self._counted_address: str | None = None
         self._debug = debug_enabled()
 
     # ---------------------------------------------------------------- before the upgrade
@@ -64,7 +65,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         token = self.get_query_argument("token", None)
         if token is not None:
             try:
-                self._identity = await self.gateway.auth.identity(token)
+                self._identity = await self.gateway.access.identity(token)
             except AuthError as exc:
                 return self._refuse(401, "unauthorized", str(exc))
         await super().get(*args, **kwargs)
@@ -84,6 +85,11 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         self.set_nodelay(True)  # small frames must not wait for Nagle + delayed ACK (~40 ms)
         self.session = Session(uuid.uuid4().hex, self.request.remote_ip or "?", self.gateway.settings, time.time(),
                                self.request.headers.get("Origin"))
+        if not self.gateway.socket_opened(self.session.address):
+            self._fail(ProtocolError("rate_limited", "too many connections from this address",
+                                     retry_after_ms=RECONNECT_AFTER_MS, close=CLOSE_TOO_MANY))
+            return
+        self._counted_address = self.session.address
         if self._identity is not None:
             await self._admit(self._identity)
         else:
@@ -107,9 +113,9 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
             self._watch_expiry()
 
     def _watch_expiry(self) -> None:
-        identity = self.session.identity
-        if identity is not None and identity.exp is not None:
-            self._schedule(identity.exp + self.gateway.settings.jwt_leeway_s - time.time() + 0.01, self._token_deadline)
+        seconds = self.gateway.access.expires_in(self.session, time.time())
+        if seconds is not None:
+            self._schedule(seconds + 0.01, self._token_deadline)
 
     async def _admit(self, identity: Identity) -> None:
         self.session.authenticate(identity)
@@ -125,13 +131,11 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         if self._debug:
             log(logging.DEBUG, "frame in", conn=self.session.id, user=self.session.user_id, size=len(message),
                 frame=redact(message) if isinstance(message, str) else "<binary>")
+        self.gateway.metrics.messages_in += 1
         try:
             frame = self.session.receive(message, time.time())
             if frame.type == "auth":
-                try:
-                    identity = await self.gateway.auth.identity(frame.fields["token"])
-                except AuthError as exc:
-                    raise ProtocolError("unauthorized", str(exc), ref=frame.ref, close=CLOSE_UNAUTHORIZED) from None
+                identity = await self.gateway.access.login(frame.fields["token"], frame.ref)
                 if self._timer is not None:
                     tornado.ioloop.IOLoop.current().remove_timeout(self._timer)
                     self._timer = None
@@ -142,7 +146,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
                     self._watch_expiry()
         except ProtocolError as error:
             if error.code == "rate_limited":
-                self.gateway.rate_limited += 1
+                self.gateway.metrics.rate_limited += 1
             self._fail(error)
         except Exception:
             log(logging.ERROR, "internal error", conn=self.session.id, user=self.session.user_id, exc_info=True)
@@ -160,6 +164,9 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         if self._timer is not None:
             tornado.ioloop.IOLoop.current().remove_timeout(self._timer)
             self._timer = None
+        if self._counted_address is not None:
+            self.gateway.socket_closed(self._counted_address)
+            self._counted_address = None
         session = getattr(self, "session", None)
         if session is not None and session.identity is not None:
             self.gateway.closed(self, self.close_code, self.close_reason)
@@ -171,42 +178,31 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
 
     def send(self, frame: dict[str, Any]) -> None:
         """Encode and queue one frame for this connection only."""
-        self.session.messages_out += 1
+        self.gateway.metrics.messages_out += 1
         self.send_frame(text_frame(encode(frame).encode()))
 
     def send_frame(self, frame: bytes) -> None:
-        """Queue a pre-built frame; close the connection as a slow consumer when its
-        unsent bytes pass the limit. Never raises."""
+        """Queue a pre-built frame. A connection whose unsent bytes pass the limit is a
+        slow consumer: it gets no more events, only a close frame (1008) queued behind
+        what it already has, so a client that reads again reads whole frames and then
+        the reason; Tornado drops the socket if the close is not answered within 5 s.
+        Never raises."""
         conn = self.ws_connection
         if conn is None or conn.is_closing():
             return
         stream = conn.stream  # type: ignore[attr-defined]
         if stream is None or stream.closed():
             return
-        pending = len(stream._write_buffer)
-        if pending > self.gateway.settings.max_write_buffer_bytes:
+        if socket_write.pending_bytes(stream) > self.gateway.settings.max_write_buffer_bytes:
             log(logging.WARNING, "slow consumer", conn=self.session.id, user=self.session.user_id)
-            conn.close(CLOSE_POLICY, "slow consumer: too many unsent bytes")
-            stream.close()
+            reason = "slow consumer: too many unsent bytes"
+            self.close(CLOSE_POLICY, reason)
+            self.gateway.closed(self, CLOSE_POLICY, reason)  # gone for the gateway now, not when the socket ends
             return
         if self._debug:
             log(logging.DEBUG, "frame out", conn=self.session.id, user=self.session.user_id, size=len(frame),
                 frame=redact(frame[frame.index(b"{"):].decode()))
-        if not pending and type(stream) is IOStream:
-            # nothing queued: hand the bytes to the kernel now, with no Future, no
-            # callback and no write loop; only what the socket does not take is queued
-            try:
-                sent = stream.socket.send(frame)
-            except OSError:  # would block, or a dead peer: stream.write queues it or closes
-                sent = 0
-            if sent == len(frame):
-                return
-            if sent:
-                frame = frame[sent:]
-        try:
-            stream.write(frame)
-        except StreamClosedError:
-            pass
+        socket_write.write(stream, frame)
 
     def close(self, code: int | None = None, reason: str | None = None) -> None:
         if self.ws_connection is not None and not self.ws_connection.is_closing():

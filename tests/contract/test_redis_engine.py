@@ -27,7 +27,7 @@ def every_call(engine: Engine) -> dict[str, Callable[[], Awaitable[Any]]]:
         "publish": lambda: engine.publish(["team:t1", "admin"], "n", {}, TS),
         "history": lambda: engine.history("team:t1", None, 10),
         "latest": lambda: engine.latest("execution:e1"),
-        "ack": lambda: engine.ack("user:u1", "1-0"),
+        "ack": lambda: engine.ack("team:t1", "1-0"),  # after the publish above: not beyond the newest
         "cursor": lambda: engine.cursor("user:u1"),
         "control": lambda: engine.control({"type": "noop"}),
         "idempotency_claim": lambda: engine.idempotency_claim("k", 60),

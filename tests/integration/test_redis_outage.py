@@ -146,13 +146,12 @@ async def test_redis_stop_and_start(own_redis_server: RedisServer, nodes: tuple[
     reply = await on_a.request({"type": "ack", "channel": own, "id": before[own]})
     assert (reply["type"], reply["code"]) == ("error", "unavailable"), reply
     assert (await on_a.request({"type": "ping"}))["type"] == "pong"
-    # a newcomer is still let in, and told that its mailbox cannot be read now
+    # a newcomer is never live without its mailbox: it is told why and closed with 1012,
+    # so that its client reconnects (with backoff) and resumes once the store is back
     newcomer = await connect(b.ws_url, token(new_id("n")), welcome=False)
-    welcome = await newcomer.recv()
-    assert welcome is not None and welcome["type"] == "welcome" and welcome["recovered"] is False, welcome
     error = await newcomer.recv()
     assert error is not None and (error["type"], error["code"]) == ("error", "unavailable"), error
-    newcomer.close()
+    assert await newcomer.closed() == 1012
 
     # ---- redis-server is back on the same port; the gateways are not restarted
     await in_thread(own_redis_server.start)

@@ -179,7 +179,7 @@ async def test_rs256_tokens_verified_with_keys_from_a_jwks_url() -> None:
         first.close()
         published.append("k2")  # rotation: the IdP starts signing with k2
         assert len(fetches) == 1
-        node.gateway.auth._fetched_at = -1e9  # the 10 s refetch guard is unit-tested; skip it here
+        node.gateway.access.auth._fetched_at = -1e9  # the 10 s refetch guard is unit-tested; skip it here
         second = await connect(url, sign("k2", "rs-user"))
         second.close()
         assert len(fetches) == 2

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import struct
+import contextlib
 import base64
 import os
 import socket
@@ -12,6 +14,7 @@ import pytest
 import ujson
 import tornado.iostream
 import tornado.websocket
+from tornado.iostream import StreamClosedError
 
 from tests.integration.test_ws_basic import publish
 from tests.support.wsclient import connect
@@ -313,7 +316,7 @@ async def test_slow_consumer_is_closed_and_others_keep_receiving(
     received: list[Any] = []
     fast = await tornado.websocket.websocket_connect(f"{ws_url}?token={token('fast')}",
                                                      on_message_callback=received.append)
-    users = node.gateway.by_user
+    users = node.gateway.registry.by_user
     big = {"blob": "x" * 16000}
     sent = 0
     while "slow" in users and sent < 5000:
@@ -323,6 +326,25 @@ async def test_slow_consumer_is_closed_and_others_keep_receiving(
     assert "slow" not in users, "the stalled client was never dropped"
     while len([m for m in received if m and "custom.big" in m]) < sent:
         await asyncio.sleep(0.01)  # the healthy client gets every event
+    # the stalled client reads again: whole frames, then a close frame it can read
+    data = b""
+    with contextlib.suppress(StreamClosedError):
+        while True:
+            data += await asyncio.wait_for(stalled.read_bytes(65536, partial=True), 10)
+    opcodes, close_payload = [], b""
+    while data:
+        opcode, length, start = data[0] & 0x0F, data[1] & 0x7F, 2
+        if length == 126:
+            length, start = struct.unpack("!H", data[2:4])[0], 4
+        elif length == 127:
+            length, start = struct.unpack("!Q", data[2:10])[0], 10
+        assert len(data) >= start + length, "a truncated frame"
+        opcodes.append(opcode)
+        if opcode == 0x8:
+            close_payload = data[start:start + length]
+        data = data[start + length:]
+    assert opcodes[-1] == 0x8 and set(opcodes[:-1]) <= {0x1}, opcodes[-3:]
+    assert struct.unpack("!H", close_payload[:2])[0] == 1008 and b"slow consumer" in close_payload
     fast.close()
     stalled.close()
 
@@ -333,7 +355,7 @@ async def test_dead_peer_that_never_answers_pings_is_dropped(http_port: int, ws_
                                                               node: Any) -> None:
     stalled = await stalled_client(http_port, token("ghost"))
     alive = await connect(ws_url, token("alive"))  # the client library answers pings by itself
-    users = node.gateway.by_user
+    users = node.gateway.registry.by_user
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 10
     while "ghost" in users and loop.time() < deadline:

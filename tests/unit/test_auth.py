@@ -319,6 +319,13 @@ def test_grant_requires_channel() -> None:
     _refused_grant(v, hs(claims(channel="execution:e1"), key="t" * 32))
 
 
+def test_a_subscription_token_never_opens_a_session() -> None:
+    v = verifier()
+    with pytest.raises(AuthError) as info:
+        v.identity(hs(claims(channel="execution:e1")))
+    assert "subscription token" in str(info.value)
+
+
 def _refused_grant(v: TokenVerifier, token: str) -> AuthError:
     with pytest.raises(AuthError) as info:
         v.grant(token)

@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from renum_rt.hub import Hub
+from renum_rt.hub import Hub, State
 from renum_rt.protocol.wsframe import text_frame
 
 
@@ -60,7 +60,7 @@ def test_deliver_to_every_live_subscriber_with_the_same_bytes_object() -> None:
     assert a.frames[0] is b.frames[0]
     assert a.frames[0] == text_frame(payload("1-0"))
     assert a.payloads() == [payload("1-0")]
-    assert hub.delivered == 2
+    assert hub.metrics.delivered == 2
 
 
 def test_deliver_in_order() -> None:
@@ -70,13 +70,13 @@ def test_deliver_in_order() -> None:
     for event_id in ids:
         hub.deliver("system", event_id, payload(event_id))
     assert a.payloads() == [payload(i) for i in ids]
-    assert hub.delivered == 4
+    assert hub.metrics.delivered == 4
 
 
 def test_deliver_to_a_channel_without_subscribers_is_harmless() -> None:
     hub = Hub()
     hub.deliver("team:t9", "1-0", payload("1-0"))
-    assert hub.delivered == 0
+    assert hub.metrics.delivered == 0
     assert hub.subscriber_count("team:t9") == 0
 
 
@@ -151,7 +151,7 @@ def test_remove_live_and_warming() -> None:
     hub.remove(b, "team:t1")
     assert hub.subscriber_count("team:t1") == 0
     assert hub.channels() == []
-    assert "team:t1" not in hub.last_ids
+    assert hub.last_id("team:t1") is None
     # removing what is not there is harmless
     hub.remove(a, "team:t1")
     hub.remove(a, "never")
@@ -176,13 +176,43 @@ def test_last_ids_track_the_last_delivered_id_per_channel() -> None:
     a = Sub("a")
     hub = live_hub("system", a)
     hub.warm(a, "team:t1")
-    assert hub.last_ids == {}
+    assert hub.last_id("system") is None and hub.last_id("team:t1") is None
     hub.deliver("system", "1-0", payload("1-0"))
     hub.deliver("system", "2-0", payload("2-0"))
     hub.deliver("team:t1", "5-0", payload("5-0"))
-    assert hub.last_ids == {"system": "2-0", "team:t1": "5-0"}
+    assert (hub.last_id("system"), hub.last_id("team:t1")) == ("2-0", "5-0")
     hub.remove(a, "system")
-    assert hub.last_ids == {"team:t1": "5-0"}
+    assert (hub.last_id("system"), hub.last_id("team:t1")) == (None, "5-0")
+
+
+def test_each_subscription_has_one_state_from_warming_through_catching_up_to_live() -> None:
+    a = Sub("a")
+    hub = Hub()
+    assert hub.state(a, "team:t1") is None
+    hub.warm(a, "team:t1")
+    assert hub.state(a, "team:t1") is State.WARMING
+    hub.deliver("team:t1", "4-0", payload("4-0"))
+    assert hub.go_live(a, "team:t1", "5-0") == []  # the replay went further than the buffer
+    assert hub.state(a, "team:t1") is State.CATCHING_UP
+    hub.deliver("team:t1", "5-0", payload("5-0"))  # already replayed: skipped
+    assert hub.state(a, "team:t1") is State.CATCHING_UP and a.frames == []
+    hub.deliver("team:t1", "6-0", payload("6-0"))
+    assert hub.state(a, "team:t1") is State.LIVE and a.payloads() == [payload("6-0")]
+    hub.remove(a, "team:t1")
+    assert hub.state(a, "team:t1") is None
+
+
+def test_a_paused_channel_holds_events_and_resume_sends_missed_then_held_once_in_order() -> None:
+    a = Sub("a")
+    hub = live_hub("team:t1", a)
+    hub.deliver("team:t1", "1-0", payload("1-0"))
+    hub.pause("team:t1")
+    assert hub.paused("team:t1")
+    hub.deliver("team:t1", "4-0", payload("4-0"))
+    assert a.payloads() == [payload("1-0")]
+    hub.resume("team:t1", [("1-0", payload("1-0")), ("2-0", payload("2-0")), ("4-0", payload("4-0"))])
+    assert not hub.paused("team:t1")
+    assert a.payloads() == [payload(i) for i in ("1-0", "2-0", "4-0")]
 
 
 @pytest.mark.parametrize("size", [0, 125, 126, 70000])

@@ -12,12 +12,19 @@ from renum_rt.ids import format_id, is_valid_id, next_id, parse_id
 @pytest.mark.parametrize(
     "event_id, key",
     [("0-0", (0, 0)), ("1700000000000-0", (1700000000000, 0)), ("1700000000000-42", (1700000000000, 42)),
-     ("18446744073709551615-18446744073709551615", (2**64 - 1, 2**64 - 1))],
+     ("9999999999999999999-9999999999999999999", (10**19 - 1, 10**19 - 1))],
 )
 def test_parse_and_format_round_trip(event_id: str, key: tuple[int, int]) -> None:
     assert parse_id(event_id) == key
     assert format_id(key) == event_id
     assert is_valid_id(event_id)
+
+
+@pytest.mark.parametrize("event_id", ["18446744073709551616-0", "0-18446744073709551616", "99999999999999999999999-0"])
+def test_ids_past_what_redis_accepts_are_refused(event_id: str) -> None:
+    assert not is_valid_id(event_id)
+    with pytest.raises(ValueError):
+        parse_id(event_id)
 
 
 def test_order_is_numeric_not_lexicographic() -> None:
