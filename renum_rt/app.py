@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import tornado.ioloop
@@ -28,8 +27,9 @@ from .handlers.ws import WebSocketHandler
 from .limits import KeyedBuckets
 from .logs import access_log, log
 from .protocol.errors import CLOSE_RESTART
+from .resources import static_dir
 
-STATIC = Path(__file__).resolve().parent.parent / "static"
+STATIC = static_dir()
 
 
 class AdminPageHandler(tornado.web.RequestHandler):

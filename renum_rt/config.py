@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from .resources import default_config
+
 ENV_PREFIX = "RENUM_RT_"
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "renum-rt.toml"
+DEFAULT_CONFIG = default_config()
 
 
 class ConfigError(Exception):
