@@ -37,7 +37,7 @@ from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, WebSocketError, websocket_connect
 
 from ..ids import IdKey, format_id, parse_id
-from ..protocol.errors import CLOSE_FORBIDDEN, CLOSE_IDLE, CLOSE_KICKED, CLOSE_NORMAL, CLOSE_UNAUTHORIZED
+from ..protocol.errors import CLOSE_FORBIDDEN, CLOSE_NORMAL, CLOSE_UNAUTHORIZED, reconnect_policy
 from .backoff import Backoff
 
 log = logging.getLogger("renum_rt.client")
@@ -55,9 +55,6 @@ UNAUTHORIZED: Final = "unauthorized"
 #: States in which the client neither is connected nor tries to be.
 STOPPED: Final = frozenset({DISCONNECTED, FAILED, UNAUTHORIZED})
 
-#: Close codes after which the client stops; every other code or a lost connection
-#: (1008, 1009, 1012, 4029, 1006, network errors) reconnects with backoff.
-_STOP_CODES = frozenset({CLOSE_NORMAL, CLOSE_FORBIDDEN, CLOSE_IDLE, CLOSE_KICKED})
 #: Pseudo close code for an upgrade refused with an HTTP status that retrying cannot
 #: fix (400 unsupported version, 404 wrong path...): the client fails at once.
 _REFUSED = -1
@@ -323,16 +320,17 @@ class RealtimeClient:
             if session.welcomed:
                 attempt, refreshing = 0, False
             code = session.close_code
-            if code == CLOSE_UNAUTHORIZED:
+            if code == _REFUSED:
+                self._stop(FAILED, None, session.close_reason)
+                return
+            policy = reconnect_policy(code)  # the protocol's close-code table decides
+            if policy == "refresh_token":
                 if refreshing:
                     self._stop(UNAUTHORIZED, code, session.close_reason)
                     return
                 refreshing = True
-            elif code in _STOP_CODES:
+            elif policy in ("never", "on_activity"):
                 self._stop(DISCONNECTED, code, session.close_reason)
-                return
-            elif code == _REFUSED:
-                self._stop(FAILED, None, session.close_reason)
                 return
             attempt += 1
 
@@ -537,7 +535,7 @@ class RealtimeClient:
     async def _ready(self) -> None:
         """Wait until connected; after an idle close (4008), this activity reconnects."""
         if self.state in STOPPED:
-            if self.close_code == CLOSE_IDLE and self._run_task is not None:
+            if reconnect_policy(self.close_code) == "on_activity" and self._run_task is not None:
                 await self.connect()
                 return
             raise ConnectionClosedError(self.state, "not connected: call connect()", close_code=self.close_code)

@@ -1,32 +1,44 @@
-"""Error codes of protocol v1 and the exception that carries one to the wire."""
+"""Error codes and close codes of protocol v1, and the exception that carries one to
+the wire.
+
+The table itself is ``schemas/codes.json``, shipped with the other schemas so that
+every client reads the same rules: for each error code its meaning and HTTP status,
+for each close code its meaning and what a client library does next (``reconnect``).
+The constants below name the codes the server's own code uses; a test checks that
+they agree with the table.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any, Final, Literal
+
+TABLE: Final[dict[str, Any]] = json.loads((Path(__file__).parent / "schemas" / "codes.json").read_text())
+
 #: Every code an ``error`` frame or HTTP error body may carry (contract v1).
-CODES = frozenset(
-    {
-        "bad_request",
-        "unknown_type",
-        "unauthorized",
-        "forbidden",
-        "not_found",
-        "rate_limited",
-        "too_large",
-        "unsupported_version",
-        "unavailable",
-        "internal",
-    }
-)
+CODES: Final = frozenset(TABLE["errors"])
+#: The HTTP status of each error code.
+HTTP_STATUS: Final[dict[str, int]] = {code: spec["http"] for code, spec in TABLE["errors"].items()}
+
+Reconnect = Literal["never", "backoff", "soon", "refresh_token", "on_activity"]
 
 #: WebSocket close codes (contract v1, "Close codes").
-CLOSE_NORMAL = 1000
-CLOSE_POLICY = 1008
-CLOSE_RESTART = 1012
-CLOSE_UNAUTHORIZED = 4001
-CLOSE_FORBIDDEN = 4003
-CLOSE_IDLE = 4008
-CLOSE_KICKED = 4009
-CLOSE_TOO_MANY = 4029
+CLOSE_NORMAL: Final = 1000
+CLOSE_POLICY: Final = 1008
+CLOSE_RESTART: Final = 1012
+CLOSE_UNAUTHORIZED: Final = 4001
+CLOSE_FORBIDDEN: Final = 4003
+CLOSE_IDLE: Final = 4008
+CLOSE_KICKED: Final = 4009
+CLOSE_TOO_MANY: Final = 4029
+
+
+def reconnect_policy(close_code: int | None) -> Reconnect:
+    """What a client does after ``close_code`` (None: lost without a close frame)."""
+    spec = TABLE["close_codes"].get(str(close_code))
+    policy: Reconnect = spec["reconnect"] if spec is not None else TABLE["default_reconnect"]
+    return policy
 
 
 class ProtocolError(Exception):
@@ -54,6 +66,10 @@ class ProtocolError(Exception):
         self.field = field
         self.close = close
         self.retry_after_ms = retry_after_ms
+
+    @property
+    def http_status(self) -> int:
+        return HTTP_STATUS[self.code]
 
     def frame(self) -> dict[str, object]:
         """The ``error`` frame for this error."""
