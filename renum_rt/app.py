@@ -92,11 +92,11 @@ class Node:
 
     async def _beat(self) -> None:
         try:
-            await self.gateway.heartbeat()
+            await self.gateway.cluster.heartbeat()
         except EngineUnavailable:
             log(logging.WARNING, "engine unavailable", engine=self.gateway.engine.name)
         if self.gateway.hub.subscriber_count("admin"):
-            self.gateway.push_admin_stats(await self.gateway.stats())
+            self.gateway.cluster.push_admin_stats(await self.gateway.cluster.stats())
 
     async def stop(self, code: int = CLOSE_RESTART, reason: str = "server shutting down") -> None:
         for callback in self._callbacks:
