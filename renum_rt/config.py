@@ -73,6 +73,8 @@ class Settings:
     # -- storage
     redis_url: str = ""
     redis_prefix: str = "renum-rt:"
+    #: Redis connections per process; commands beyond it wait for a free one (no connect storms)
+    redis_pool_size: int = 32
     history_max_len: int = 1000
     history_max_age_s: int = 7 * 24 * 3600
     node_heartbeat_s: float = 2.0
@@ -158,7 +160,8 @@ def _validate(s: Settings) -> None:
     positive = ["port", "rate", "burst", "max_frame_bytes", "hard_frame_bytes", "max_subscriptions",
                 "max_connections_per_user", "max_connections_per_address", "idle_timeout", "heartbeat_ms",
                 "max_write_buffer_bytes", "replay_limit", "history_max_len", "http_max_body_bytes",
-                "http_rate", "http_burst", "auth_timeout_s", "flood_close_after", "max_users_per_publish"]
+                "http_rate", "http_burst", "auth_timeout_s", "flood_close_after", "max_users_per_publish",
+                "redis_pool_size"]
     for name in positive:
         if getattr(s, name) <= 0:
             raise ConfigError(f"setting {name!r} must be greater than 0")
