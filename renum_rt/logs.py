@@ -2,8 +2,10 @@
 
 Every line has ``ts``, ``level`` and ``msg``; connection lines add ``conn`` and
 ``user``. At ``debug`` level every frame in and out is logged with its size and its
-text, with tokens redacted. Tokens and API keys never reach a log line: frames pass
-through ``redact`` and request URLs are logged without their query string.
+text, with tokens redacted. Tokens and API keys never reach a log line: frames are
+decoded and their secret fields removed (``redact_frame``), request URLs are logged
+without their query string, and every line, whoever wrote it, passes through ``redact``
+before it is written.
 """
 
 from __future__ import annotations
@@ -17,13 +19,46 @@ import ujson
 
 logger = logging.getLogger("renum_rt")
 
+_SECRET_KEYS = frozenset({"token", "api_key", "authorization"})
 _TOKEN_FIELD = re.compile(r'("(?:token|api_key|authorization)"\s*:\s*)"(?:[^"\\]|\\.)*"', re.IGNORECASE)
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+_QUERY_SECRET = re.compile(r"([?&;](?:token|api_key|access_token)=)[^&\s'\"]*", re.IGNORECASE)
+_BEARER = re.compile(r"(bearer\s+)[^\s'\",]+", re.IGNORECASE)
 
 
 def redact(text: str) -> str:
-    """``text`` with token fields and anything shaped like a JWT replaced."""
-    return _JWT.sub("[redacted]", _TOKEN_FIELD.sub(r'\1"[redacted]"', text))
+    """``text`` with token fields, ``token=`` query values, bearer credentials and
+    anything shaped like a JWT replaced."""
+    text = _TOKEN_FIELD.sub(r'\1"[redacted]"', text)
+    text = _QUERY_SECRET.sub(r"\1[redacted]", text)
+    return _JWT.sub("[redacted]", _BEARER.sub(r"\1[redacted]", text))
+
+
+def _hide_secrets(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: "[redacted]" if isinstance(k, str) and k.lower() in _SECRET_KEYS else _hide_secrets(v)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_hide_secrets(v) for v in value]
+    return value
+
+
+def redact_frame(text: str) -> str:
+    """A client or server frame for a debug line, secrets removed. The frame is decoded
+    first, so a key written with JSON escapes (``"\\u0074oken"``) is still found."""
+    try:
+        return redact(_dumps(_hide_secrets(ujson.loads(text))))
+    except (ValueError, OverflowError, RecursionError):
+        return redact(text)
+
+
+def _dumps(value: Any) -> str:
+    """JSON text of a log line; text that is not valid Unicode (a lone surrogate a
+    client sent) is escaped instead of failing the line."""
+    try:
+        return ujson.dumps(value, ensure_ascii=False, escape_forward_slashes=False)
+    except UnicodeEncodeError:
+        return ujson.dumps(value, ensure_ascii=True, escape_forward_slashes=False)
 
 
 class JsonFormatter(logging.Formatter):
@@ -34,7 +69,9 @@ class JsonFormatter(logging.Formatter):
             line.setdefault(key, value)  # a field never hides ts, level or msg
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return ujson.dumps(line, ensure_ascii=False, escape_forward_slashes=False)
+        # the last line of defence: whatever a library put in its message (Tornado logs
+        # request URIs with their query string), no token leaves the process
+        return redact(_dumps(line))
 
 
 def setup(level: str) -> None:

@@ -26,7 +26,7 @@ import ujson
 from ..auth import AuthError
 from ..channels import Identity
 from ..gateway import RECONNECT_AFTER_MS, Gateway, Refused
-from ..logs import debug_enabled, log, redact
+from ..logs import debug_enabled, log, redact_frame
 from ..protocol import SUBPROTOCOLS, ProtocolError, encode
 from ..protocol.errors import CLOSE_POLICY, CLOSE_TOO_MANY, CLOSE_UNAUTHORIZED
 from ..protocol.wsframe import text_frame
@@ -130,7 +130,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
     async def on_message(self, message: str | bytes) -> None:
         if self._debug:
             log(logging.DEBUG, "frame in", conn=self.session.id, user=self.session.user_id, size=len(message),
-                frame=redact(message) if isinstance(message, str) else "<binary>")
+                frame=redact_frame(message) if isinstance(message, str) else "<binary>")
         self.gateway.metrics.messages_in += 1
         try:
             frame = self.session.receive(message, time.time())
@@ -201,7 +201,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
             return
         if self._debug:
             log(logging.DEBUG, "frame out", conn=self.session.id, user=self.session.user_id, size=len(frame),
-                frame=redact(frame[frame.index(b"{"):].decode()))
+                frame=redact_frame(frame[frame.index(b"{"):].decode()))
         socket_write.write(stream, frame)
 
     def close(self, code: int | None = None, reason: str | None = None) -> None:

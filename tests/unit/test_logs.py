@@ -144,3 +144,36 @@ def test_log_with_exc_info_writes_the_traceback(captured: io.StringIO) -> None:
     (line,) = lines(captured)
     assert "exc_info" not in line
     assert "RuntimeError: boom" in str(line.get("exc"))
+
+
+def test_every_line_is_redacted_whoever_logs_it(captured: io.StringIO) -> None:
+    # Tornado logs request URIs with their query string, e.g. for an undecodable argument
+    tornado_log = logging.getLogger("renum_rt.tornado-like")
+    tornado_log.warning("400 GET /ws?token=%s%%FF (127.0.0.1): Invalid unicode", JWT)
+    tornado_log.warning("GET /ws?api_key=opaque-secret&x=1 Authorization: Bearer opaque-key")
+    text = captured.getvalue()
+    assert JWT not in text and "opaque-secret" not in text and "opaque-key" not in text
+    assert "token=[redacted]" in text and "x=1" in text
+
+
+@pytest.mark.parametrize("frame", [
+    '{"type":"auth","\\u0074oken":"opaque-secret"}',
+    '{"type":"refresh","TOKEN":"opaque-secret"}',
+    '{"type":"subscribe","channel":"team:t1","token":{"nested":"opaque-secret"}}',
+    '{"type":"auth","list":[{"api_key":"opaque-secret"}]}',
+])
+def test_debug_frames_hide_secret_fields_however_the_keys_are_written(frame: str) -> None:
+    shown = logs.redact_frame(frame)
+    assert "opaque-secret" not in shown and "[redacted]" in shown
+
+
+def test_debug_frames_that_are_not_json_or_too_deep_still_lose_jwts() -> None:
+    assert JWT not in logs.redact_frame(f'not json {JWT}')
+    deep = "[" * 900 + f'"{JWT}"' + "]" * 900
+    assert JWT not in logs.redact_frame(deep)
+
+
+def test_a_line_with_a_lone_surrogate_is_still_written(captured: io.StringIO) -> None:
+    logs.log(logging.INFO, "client error", reason="bad \ud83d text")
+    (line,) = lines(captured)
+    assert line["msg"] == "client error"
