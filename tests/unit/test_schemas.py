@@ -53,7 +53,8 @@ def test_schema_is_valid_draft_2020_12(name: str) -> None:
 
 
 def test_openapi_is_valid_openapi_3_1() -> None:
-    validator = pytest.importorskip("openapi_spec_validator")
+    import openapi_spec_validator as validator  # in the test extra: a missing one fails, never skips
+
     doc = load("openapi.json")
     assert doc["openapi"].startswith("3.1.")
     validator.validate(doc)
