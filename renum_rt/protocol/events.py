@@ -14,19 +14,31 @@ Rules shared with the schemas:
 - a field whose value is ``null`` counts as absent (as in client frames), so an optional
   field may be null and a required one may not;
 - fields the table does not list are allowed: the protocol adds fields compatibly.
+
+Before any rule, one walk over the whole body refuses what JSON cannot carry to every
+client: text holding a lone surrogate (``"\\ud83d"`` parses, but cannot be encoded as
+UTF-8, so storing it would break every later delivery on its channels), NaN and the
+infinities (which ujson parses, ``1e999`` included, but which are not JSON), and
+nesting deeper than ``MAX_DEPTH``.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from .. import channels
+from .frames import _encodable
 
 EVENT_NAME_MAX = 64
 #: Most user ids one publish request may name (``validate_publish(max_users=...)``).
 MAX_USERS = 1000
+#: Deepest nesting of objects and arrays in a body (the body itself is level 1): far
+#: beyond real payloads, well inside what the parsers of every client accept, and it
+#: keeps the walk below bounded however the body was built.
+MAX_DEPTH = 64
 _EVENT_NAME = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)*")
 
 
@@ -171,6 +183,48 @@ def _check_fields(obj: Mapping[str, Any], rules: Mapping[str, Rule], path: str, 
         _apply(rule, value, where, owner)
 
 
+def _child(path: str, key: str | int) -> str:
+    """The dotted path of ``key`` under ``path`` (``""`` is the body itself)."""
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+_NOT_TEXT = "must be valid Unicode text: it holds a lone surrogate such as \\ud83d"
+_NOT_FINITE = "must be a finite number: NaN and Infinity are not JSON"
+
+
+def check_json(value: object, path: str) -> None:
+    """Raise ``FieldError`` at the first string (object keys included) with a lone
+    surrogate, number that is NaN or infinite, or container nested deeper than
+    ``MAX_DEPTH`` in ``value``, found at ``path`` (``""`` for a whole body).
+
+    One iterative walk does all three checks, so a body is visited once and deep
+    input cannot exhaust the Python stack; leaves are checked in place and a path is
+    built only for a container or an error. A bad key is named with backslash escapes,
+    so that the 400 answer naming it can itself be encoded.
+    """
+    # each entry: the path of a container, its (key, value) pairs, its depth
+    stack: list[tuple[str, Iterable[tuple[str | int, Any]], int]] = [("", ((path, value),), 0)]
+    while stack:
+        where, items, depth = stack.pop()
+        for key, item in items:
+            if isinstance(key, str) and not (key.isascii() or _encodable(key)):
+                field = _child(where, key.encode("utf-8", "backslashreplace").decode())
+                raise FieldError(field, f"the key {field} {_NOT_TEXT}")
+            if isinstance(item, str):
+                if not (item.isascii() or _encodable(item)):
+                    raise FieldError(_child(where, key), f"{_child(where, key)} {_NOT_TEXT}")
+            elif isinstance(item, float):
+                if not math.isfinite(item):
+                    raise FieldError(_child(where, key), f"{_child(where, key)} {_NOT_FINITE}")
+            elif isinstance(item, (dict, list)):
+                field = _child(where, key)
+                if depth == MAX_DEPTH:
+                    raise FieldError(field, f"{field} is nested more than {MAX_DEPTH} levels deep")
+                stack.append((field, item.items() if isinstance(item, dict) else enumerate(item), depth + 1))
+
+
 def is_event_name(name: object) -> bool:
     """True for names like ``execution.status``: lowercase dotted words, at most 64 characters."""
     return isinstance(name, str) and len(name) <= EVENT_NAME_MAX and _EVENT_NAME.fullmatch(name) is not None
@@ -178,7 +232,13 @@ def is_event_name(name: object) -> bool:
 
 def validate_event(name: str, data: object) -> None:
     """Raise ``FieldError`` unless ``name`` is a valid event name and ``data`` an object
-    fitting that event (when it is a domain event of the contract)."""
+    JSON can carry (``check_json``) fitting that event (when it is a domain event of the
+    contract)."""
+    check_json(data, "data")
+    _check_event(name, data)
+
+
+def _check_event(name: str, data: object) -> None:
     if not is_event_name(name):
         raise FieldError(
             "event",
@@ -195,12 +255,13 @@ def validate_event(name: str, data: object) -> None:
 def _event_of(body: object) -> tuple[dict[str, Any], str, dict[str, Any]]:
     if not isinstance(body, dict):
         raise FieldError("body", "the body must be a JSON object")
+    check_json(body, "")
     name, data = body.get("event"), body.get("data")
     if name is None:
         raise FieldError("event", "event is required: the event name, such as \"execution.status\"")
     if data is None:
         raise FieldError("data", "data is required: a JSON object (it may be empty)")
-    validate_event(name, data)
+    _check_event(name, data)
     return body, name, data
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from renum_rt.protocol.events import (
     KNOWN_EVENTS,
+    MAX_DEPTH,
     FieldError,
     PublishRequest,
     validate_broadcast,
@@ -287,3 +288,78 @@ def test_invalid_broadcast_names_the_field(body: object, field: str) -> None:
     with pytest.raises(FieldError) as info:
         validate_broadcast(body)
     assert info.value.field == field
+
+
+# -- values JSON cannot carry: lone surrogates, NaN and infinities, deep nesting ------
+
+LONE = "\ud83d"  # half of a surrogate pair: valid in a JSON string escape, not encodable as UTF-8
+
+UNSENDABLE: list[tuple[dict[str, Any], str]] = [
+    # (body, field): every string and number of the body is checked, keys included, at any depth
+    ({"event": "custom", "data": {"title": LONE}, "users": ["u1"]}, "data.title"),
+    ({"event": "custom", "data": {"title": "ok " + LONE + " ok"}, "users": ["u1"]}, "data.title"),
+    ({"event": "custom", "data": {"a": {"b": [1, ["x", LONE]]}}, "users": ["u1"]}, "data.a.b[1][1]"),
+    ({"event": "custom", "data": {"a": {LONE: 1}}, "users": ["u1"]}, "data.a.\\ud83d"),
+    ({**PUBLISH, "data": execution(step={"name": LONE})}, "data.step.name"),
+    ({"event": "custom" + LONE, "data": {}, "users": ["u1"]}, "event"),
+    ({"event": "custom", "data": {}, "channel": "team:" + LONE}, "channel"),
+    ({"event": "custom", "data": {}, "users": ["u1", LONE]}, "users[1]"),
+    ({"event": "custom", "data": {}, "users": ["u1"], "note": LONE}, "note"),
+    ({"event": "custom", "data": {"n": math.nan}, "users": ["u1"]}, "data.n"),
+    ({"event": "custom", "data": {"n": [0, math.inf]}, "users": ["u1"]}, "data.n[1]"),
+    ({"event": "custom", "data": {"n": {"m": -math.inf}}, "users": ["u1"]}, "data.n.m"),
+    ({**PUBLISH, "data": execution(progress=math.inf)}, "data.progress"),
+    ({"event": "custom", "data": {}, "users": ["u1"], "extra": math.nan}, "extra"),
+]
+
+
+@pytest.mark.parametrize(("body", "field"), UNSENDABLE)
+def test_text_and_numbers_json_cannot_carry_are_refused_naming_the_field(body: dict[str, Any], field: str) -> None:
+    with pytest.raises(FieldError) as info:
+        validate_publish(body)
+    assert info.value.field == field
+    # the answer itself must be sendable: no lone surrogate in the field or the message
+    assert (info.value.field + info.value.message).encode()
+
+
+@pytest.mark.parametrize(("body", "field"), [(b, f) for b, f in UNSENDABLE if "channel" not in b and f != "users[1]"])
+def test_broadcast_refuses_them_too(body: dict[str, Any], field: str) -> None:
+    body = {key: value for key, value in body.items() if key != "users"}
+    with pytest.raises(FieldError) as info:
+        validate_broadcast(body)
+    assert info.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [({"title": LONE, "message": "m", "level": "info"}, "data.title"), ({"x": [math.nan]}, "data.x[0]")],
+)
+def test_validate_event_refuses_them(data: dict[str, Any], field: str) -> None:
+    """The admin broadcast calls validate_event directly."""
+    name = "system.announcement" if "title" in data else "custom"
+    with pytest.raises(FieldError) as info:
+        validate_event(name, data)
+    assert info.value.field == field
+
+
+def nested(depth: int) -> dict[str, Any]:
+    """``{"k": {"k": ... {}}}``: ``depth`` objects, the outermost included."""
+    value: dict[str, Any] = {}
+    for _ in range(depth - 1):
+        value = {"k": value}
+    return value
+
+
+def test_nesting_is_bounded() -> None:
+    # the body is one level, data the second: data may hold MAX_DEPTH - 2 more
+    deepest = {"event": "custom", "data": nested(MAX_DEPTH - 1), "users": ["u1"]}
+    assert validate_publish(deepest).data == deepest["data"]
+    with pytest.raises(FieldError) as info:
+        validate_publish({**deepest, "data": nested(MAX_DEPTH)})
+    assert info.value.field == "data" + ".k" * (MAX_DEPTH - 1)
+    assert str(MAX_DEPTH) in info.value.message
+
+
+def test_unicode_that_is_valid_passes() -> None:
+    data = {"emoji": "\U0001f600", "accents": "déjà vu", "cjk": "中文", "n": 1e308, "big": 10**30}
+    assert validate_publish({"event": "custom", "data": data, "users": ["u1"]}).data == data
