@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 import ujson
 
+from tests.conftest import API_KEY
 from tests.integration.test_ws_basic import publish
 from tests.support.schemas import load
 from tests.support.wsclient import connect
@@ -17,6 +18,20 @@ STATUS = {"execution_id": "e1", "team_id": "t1", "status": "failed", "progress":
 
 def error_of(response: Any) -> dict[str, Any]:
     return ujson.loads(response.body)["error"]
+
+
+async def post_text(http_client: Any, base_url: str, text: str, path: str = "/api/v1/publish",
+                    headers: dict[str, str] | None = None) -> Any:
+    """POST ``text`` as it is: JSON that ``ujson.dumps`` would never write (NaN, lone
+    surrogate escapes), or no JSON at all."""
+    return await http_client.fetch(base_url + path, method="POST", body=text.encode(), raise_error=False,
+                                   headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json",
+                                            **(headers or {})})
+
+
+async def stored(node: Any, channel: str) -> list[Any]:
+    """The events the engine holds on ``channel``."""
+    return (await node.gateway.engine.history(channel, None, 100)).events
 
 
 @pytest.mark.gen_test
@@ -160,3 +175,46 @@ async def test_idempotency_keys_are_scoped_per_api_key(http_client: Any, base_ur
 async def test_users_per_publish_are_bounded(http_client: Any, base_url: str) -> None:
     response = await publish(http_client, base_url, {"users": ["a", "b", "c"], "event": "x.y", "data": {}})
     assert response.code == 400 and error_of(response)["field"] == "users"
+
+
+UNSENDABLE_TEXT = [
+    # (body text, field): JSON the parser accepts but no client could be sent
+    ('{"event": "x.y", "users": ["u-bad"], "data": {"title": "\\ud83d"}}', "data.title"),
+    ('{"event": "x.y", "users": ["u-bad"], "data": {"a": [{"\\udc00": 1}]}}', "data.a[0].\\udc00"),
+    ('{"event": "x.y", "users": ["u-bad", "\\ud83d"], "data": {}}', "users[1]"),
+    ('{"event": "x.y", "users": ["u-bad"], "data": {"n": NaN}}', "data.n"),
+    ('{"event": "x.y", "users": ["u-bad"], "data": {"n": [Infinity]}}', "data.n[0]"),
+    ('{"event": "x.y", "users": ["u-bad"], "data": {"n": -Infinity}}', "data.n"),
+    ('{"event": "x.y", "users": ["u-bad"], "data": {"n": 1e999}}', "data.n"),
+]
+
+
+@pytest.mark.parametrize("text,field", UNSENDABLE_TEXT)
+@pytest.mark.gen_test
+async def test_text_or_numbers_json_cannot_carry_are_400_and_nothing_is_stored(
+    http_client: Any, base_url: str, node: Any, ws_url: str, token: Any, text: str, field: str
+) -> None:
+    response = await post_text(http_client, base_url, text)
+    assert response.code == 400, response.body
+    assert error_of(response)["code"] == "bad_request" and error_of(response)["field"] == field
+    assert await stored(node, "user:u-bad") == []
+    client = await connect(ws_url, token("u-bad"))  # the user's connections still work
+    assert (await client.request({"type": "ping", "ref": "p"}))["type"] == "pong"
+    client.close()
+
+
+@pytest.mark.gen_test
+async def test_broadcast_refuses_a_lone_surrogate(http_client: Any, base_url: str, node: Any) -> None:
+    response = await post_text(http_client, base_url, '{"event": "x.y", "data": {"title": "\\ud83d"}}',
+                               path="/api/v1/broadcast")
+    assert response.code == 400 and error_of(response)["field"] == "data.title"
+    assert await stored(node, "system") == []
+
+
+@pytest.mark.gen_test
+async def test_admin_broadcast_refuses_a_lone_surrogate(http_client: Any, base_url: str, node: Any, token: Any) -> None:
+    admin = token("boss", app_metadata={"role": "admin"})
+    response = await post_text(http_client, base_url, '{"title": "\\ud83d", "message": "m", "level": "info"}',
+                               path="/admin/api/broadcast", headers={"Authorization": f"Bearer {admin}"})
+    assert response.code == 400 and error_of(response)["field"] == "title"
+    assert await stored(node, "system") == []
