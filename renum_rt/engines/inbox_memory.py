@@ -1,0 +1,186 @@
+"""The inbox in this process (memory engine): the reference for the Redis one.
+
+Everything the Redis scripts do atomically happens here between two awaits, so the
+same contract suite holds for both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+from ..ids import next_id
+from .inbox import (
+    SEQ_PER_MS,
+    Change,
+    Counter,
+    Inbox,
+    InboxLimits,
+    Page,
+    Status,
+    UnknownNotification,
+    key,
+)
+
+
+@dataclass(slots=True)
+class _User:
+    #: personal notifications: id -> (key, stored fields)
+    items: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    status: dict[str, Status] = field(default_factory=dict)
+    #: this user's state of global notifications, and the read_all boundary over them
+    global_status: dict[str, Status] = field(default_factory=dict)
+    boundary: int = -1
+    version: int = 0
+
+
+class MemoryInbox(Inbox):
+    def __init__(self, limits: InboxLimits = InboxLimits()) -> None:
+        self._limits = limits
+        self._last = (0, 0)
+        self._users: dict[str, _User] = {}
+        self._globals: dict[str, tuple[int, dict[str, Any]]] = {}
+        self._global_version = 0
+
+    # ---------------------------------------------------------------- helpers
+
+    def _next_id(self, now_ms: int) -> tuple[str, int]:
+        ms, seq = next_id(self._last, now_ms)
+        if seq >= SEQ_PER_MS:
+            ms, seq = ms + 1, 0
+        self._last = (ms, seq)
+        return f"{ms}-{seq}", ms * SEQ_PER_MS + seq
+
+    def _user(self, user: str, create: bool = True) -> _User:
+        """The user's inbox; reads of a user with none get an empty one, not stored,
+        so that counting 100,000 users who never had a notification stores nothing."""
+        inbox = self._users.get(user)
+        if inbox is None:
+            inbox = _User()
+            if create:
+                self._users[user] = inbox
+        return inbox
+
+    def _expire(self, inbox: _User, now_ms: int) -> None:
+        horizon = (now_ms - self._limits.max_age_s * 1000) * SEQ_PER_MS
+        for nid in [nid for nid, (k, _) in inbox.items.items() if k < horizon]:
+            del inbox.items[nid]
+            del inbox.status[nid]
+        ghorizon = (now_ms - self._limits.global_max_age_s * 1000) * SEQ_PER_MS
+        for gid in [gid for gid, (k, _) in self._globals.items() if k < ghorizon]:
+            del self._globals[gid]
+        for gid in [gid for gid in inbox.global_status if gid not in self._globals]:
+            del inbox.global_status[gid]
+
+    def _trim(self, inbox: _User) -> None:
+        over = len(inbox.items) - self._limits.max_per_user
+        if over <= 0:
+            return
+        order = {"dismissed": 0, "read": 1, "unread": 2}
+        victims = sorted(inbox.items, key=lambda nid: (order[inbox.status[nid]], inbox.items[nid][0]))[:over]
+        for nid in victims:
+            del inbox.items[nid]
+            del inbox.status[nid]
+
+    def _global_status(self, inbox: _User, gid: str) -> Status:
+        state = inbox.global_status.get(gid)
+        if state is not None:
+            return state
+        return "read" if self._globals[gid][0] <= inbox.boundary else "unread"
+
+    def _counter(self, inbox: _User) -> Counter:
+        personal = sum(1 for s in inbox.status.values() if s == "unread")
+        shared = sum(1 for gid in self._globals if self._global_status(inbox, gid) == "unread")
+        return Counter(personal + shared, inbox.version + self._global_version)
+
+    @staticmethod
+    def _item(nid: str, stored: dict[str, Any], status: Status) -> dict[str, Any]:
+        return {"id": nid, **stored, "status": status}
+
+    # ---------------------------------------------------------------- contract
+
+    async def create(self, users: Sequence[str], fields: dict[str, Any], now_ms: int) -> tuple[dict[str, Any], dict[str, Counter]]:
+        nid, k = self._next_id(now_ms)
+        stored = {**fields, "created_at": now_ms}
+        counts = {}
+        for user in dict.fromkeys(users):
+            inbox = self._user(user)
+            self._expire(inbox, now_ms)
+            inbox.items[nid] = (k, stored)
+            inbox.status[nid] = "unread"
+            self._trim(inbox)
+            inbox.version += 1
+            counts[user] = self._counter(inbox)
+        return self._item(nid, stored, "unread"), counts
+
+    async def announce(self, fields: dict[str, Any], now_ms: int) -> dict[str, Any]:
+        nid, k = self._next_id(now_ms)
+        gid = "g" + nid
+        stored = {**fields, "created_at": now_ms}
+        self._globals[gid] = (k, stored)
+        while len(self._globals) > self._limits.max_global:
+            del self._globals[min(self._globals, key=lambda g: self._globals[g][0])]
+        self._global_version += 1
+        return self._item(gid, stored, "unread")
+
+    async def list(self, user: str, status: Status | None, limit: int, cursor: str | None, now_ms: int) -> Page:
+        inbox = self._user(user, create=False)
+        self._expire(inbox, now_ms)
+        wanted = ("unread", "read") if status is None else (status,)
+        below = key(cursor) if cursor is not None else None
+        rows = [(k, self._item(nid, stored, inbox.status[nid])) for nid, (k, stored) in inbox.items.items()
+                if inbox.status[nid] in wanted]
+        rows += [(k, self._item(gid, stored, self._global_status(inbox, gid))) for gid, (k, stored) in self._globals.items()
+                 if self._global_status(inbox, gid) in wanted]
+        rows = sorted((r for r in rows if below is None or r[0] < below), key=lambda r: r[0], reverse=True)
+        page = [item for _, item in rows[:limit]]
+        next_cursor = page[-1]["id"] if len(rows) > limit else None
+        return Page(page, next_cursor, self._counter(inbox))
+
+    async def mark(self, user: str, ids: Sequence[str], status: Literal["read", "dismissed"], now_ms: int) -> Change:
+        inbox = self._user(user)
+        self._expire(inbox, now_ms)
+        unknown = [nid for nid in ids if nid not in inbox.items and nid not in self._globals]
+        if unknown:
+            raise UnknownNotification(unknown)
+        changed = []
+        for nid in dict.fromkeys(ids):
+            is_global = nid in self._globals
+            current = self._global_status(inbox, nid) if is_global else inbox.status[nid]
+            if current == status or current == "dismissed":
+                continue
+            if is_global:
+                inbox.global_status[nid] = status
+            else:
+                inbox.status[nid] = status
+            changed.append(nid)
+        if changed:
+            inbox.version += 1
+        return Change(changed, status, self._counter(inbox))
+
+    async def read_all(self, user: str, before: str | None, now_ms: int) -> Change:
+        inbox = self._user(user)
+        self._expire(inbox, now_ms)
+        upto = key(before) if before is not None else None
+        changed = [nid for nid, (k, _) in inbox.items.items()
+                   if inbox.status[nid] == "unread" and (upto is None or k <= upto)]
+        for nid in changed:
+            inbox.status[nid] = "read"
+        read_globals = [gid for gid, (k, _) in self._globals.items()
+                        if self._global_status(inbox, gid) == "unread" and (upto is None or k <= upto)]
+        # one boundary marks read every global notification up to it, however many there are
+        last = self._last[0] * SEQ_PER_MS + self._last[1]
+        inbox.boundary = max(inbox.boundary, last if upto is None else upto)
+        changed += read_globals
+        if changed:
+            inbox.version += 1
+        return Change(sorted(changed, key=key), "read", self._counter(inbox))
+
+    async def unread(self, users: Sequence[str], now_ms: int) -> dict[str, Counter]:
+        counts = {}
+        for user in users:
+            inbox = self._user(user, create=False)
+            self._expire(inbox, now_ms)
+            counts[user] = self._counter(inbox)
+        return counts
+
