@@ -36,8 +36,8 @@ class AdminHandler(JsonHandler):
             self.reply(await action(identity))
         except HttpError as error:
             self.fail(error)
-        except EngineUnavailable:
-            self.fail(HttpError(503, "unavailable", "the event store is unreachable; retry"))
+        except EngineUnavailable as exc:
+            self.fail(HttpError(503, "unavailable", "the event store is unreachable; retry", cause=exc))
 
 
 class StatsHandler(AdminHandler):

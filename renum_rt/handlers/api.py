@@ -1,8 +1,12 @@
 """The HTTP API for backend services: publish and broadcast.
 
-Order of checks: API key (401), rate limit per key (429), body size (413), JSON and
-fields (400 naming the field), Idempotency-Key; then the gateway stores the event and
-the answer is 200 only once it is stored. A store outage is 503 with nothing accepted.
+Order of checks: API key (401), rate limit per key (429), declared body size (413),
+``Content-Type: application/json`` (415), all from the headers, before a byte of the
+body is read (the handlers stream their body, so an unauthenticated or oversized upload
+costs no memory); then the body as it arrives (413 past the limit, chunked bodies too),
+JSON and fields (400 naming the field), Idempotency-Key; then the gateway stores the
+event and the answer is 200 only once it is stored. A store outage is 503 with nothing
+accepted.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import math
 import time
 from pathlib import Path
 from typing import Any
+
+import tornado.web
 
 from ..engines import EngineUnavailable
 from ..engines.base import IdempotencyInProgress
@@ -23,16 +29,40 @@ OPENAPI = Path(__file__).resolve().parent.parent / "protocol" / "schemas" / "ope
 MAX_IDEMPOTENCY_KEY = 200
 
 
+@tornado.web.stream_request_body
 class PublishHandler(JsonHandler):
     """``POST /api/v1/publish`` (and, with another validator, ``/api/v1/broadcast``)."""
 
-    def validate(self, body: Any) -> PublishRequest:
-        return validate_publish(body, max_users=self.gateway.settings.max_users_per_publish)
     buckets: KeyedBuckets
 
     def initialize(self, gateway: Any, buckets: KeyedBuckets) -> None:  # type: ignore[override]
         super().initialize(gateway)
         self.buckets = buckets
+        self._api_key = ""
+        self._body = bytearray()
+
+    def validate(self, body: Any) -> PublishRequest:
+        return validate_publish(body, max_users=self.gateway.settings.max_users_per_publish)
+
+    def prepare(self) -> None:
+        """What the headers decide, answered before the body is read (Tornado reads it
+        only once this returns without finishing the request)."""
+        try:
+            self._api_key = self._check_key()
+            declared = self.request.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > self.gateway.settings.http_max_body_bytes:
+                raise self.too_large()
+            self.require_json()
+        except HttpError as error:
+            self.fail(error)
+
+    def data_received(self, chunk: bytes) -> None:
+        """Keep at most the limit: past it, answer 413 at once; Tornado then delivers no
+        more of the body and closes the connection."""
+        if len(self._body) + len(chunk) > self.gateway.settings.http_max_body_bytes:
+            self.fail(self.too_large())
+            return
+        self._body += chunk
 
     def _check_key(self) -> str:
         key = self.bearer()
@@ -58,19 +88,18 @@ class PublishHandler(JsonHandler):
 
     async def post(self) -> None:
         try:
-            api_key = self._check_key()
-            body = self.json_body()
+            body = self.parse_json(self._body)
             try:
                 request = self.validate(body)
             except FieldError as exc:
                 raise HttpError(400, "bad_request", exc.message, field=exc.field) from None
-            idempotency_key = self._idempotency_key(api_key)
+            idempotency_key = self._idempotency_key(self._api_key)
             try:
                 answer = await self.gateway.publish(list(request.targets), request.event, request.data,
                                                     idempotency_key)
-            except EngineUnavailable:
+            except EngineUnavailable as exc:
                 raise HttpError(503, "unavailable", "the event store is unreachable; nothing was accepted, retry",
-                                headers={"Retry-After": "1"}) from None
+                                headers={"Retry-After": "1"}, cause=exc) from None
             except IdempotencyInProgress:
                 raise HttpError(409, "bad_request", "a request with this Idempotency-Key is still in progress",
                                 field="Idempotency-Key") from None

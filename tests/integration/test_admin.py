@@ -12,6 +12,8 @@ from tests.support.wsclient import connect
 
 async def admin_call(http_client: Any, base_url: str, path: str, token: str | None, body: Any = None) -> Any:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if body is not None:
+        headers["Content-Type"] = "application/json"
     return await http_client.fetch(base_url + path, method="POST" if body is not None else "GET",
                                    body=ujson.dumps(body) if body is not None else None, headers=headers,
                                    raise_error=False)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import ujson
 
+from renum_rt.engines import EngineUnavailable
 from tests.conftest import API_KEY
 from tests.integration.test_ws_basic import publish
 from tests.support.schemas import load
@@ -27,6 +31,34 @@ async def post_text(http_client: Any, base_url: str, text: str, path: str = "/ap
     return await http_client.fetch(base_url + path, method="POST", body=text.encode(), raise_error=False,
                                    headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json",
                                             **(headers or {})})
+
+
+async def raw_request(base_url: str, headers: dict[str, str], body_parts: tuple[bytes, ...] = (),
+                      path: str = "/api/v1/publish") -> tuple[int, dict[str, Any]]:
+    """POST over a bare socket: the headers, then each of ``body_parts`` (all of it,
+    or less than the headers announce), then the answer, which must come within 5 s
+    without the rest of the body: a server that waits for it fails the test."""
+    address = urlsplit(base_url)
+    reader, writer = await asyncio.open_connection(address.hostname, address.port)
+    try:
+        head = f"POST {path} HTTP/1.1\r\nHost: {address.netloc}\r\n"
+        head += "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
+        writer.write(head.encode())
+        for part in body_parts:
+            writer.write(part)
+        await writer.drain()
+        answer_head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        status = int(answer_head.split(b" ", 2)[1])
+        length = next(int(line.split(b":", 1)[1]) for line in answer_head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))
+        return status, ujson.loads(await asyncio.wait_for(reader.readexactly(length), 5))
+    finally:
+        writer.close()
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk of a ``Transfer-Encoding: chunked`` body."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
 
 
 async def stored(node: Any, channel: str) -> list[Any]:
@@ -67,8 +99,7 @@ async def test_bad_body_is_400_naming_the_field(http_client: Any, base_url: str,
 
 @pytest.mark.gen_test
 async def test_body_that_is_not_json_is_400(http_client: Any, base_url: str) -> None:
-    response = await http_client.fetch(base_url + "/api/v1/publish", method="POST", body="{nope", raise_error=False,
-                                       headers={"Authorization": "Bearer test-api-key"})
+    response = await post_text(http_client, base_url, "{nope")
     assert response.code == 400 and error_of(response)["code"] == "bad_request"
 
 
@@ -218,3 +249,119 @@ async def test_admin_broadcast_refuses_a_lone_surrogate(http_client: Any, base_u
                                path="/admin/api/broadcast", headers={"Authorization": f"Bearer {admin}"})
     assert response.code == 400 and error_of(response)["field"] == "title"
     assert await stored(node, "system") == []
+
+
+JSON = {"Content-Type": "application/json"}
+KEY = {"Authorization": f"Bearer {API_KEY}"}
+
+
+@pytest.mark.parametrize("auth", [{}, {"Authorization": "Bearer wrong"}])
+@pytest.mark.gen_test
+async def test_the_key_is_checked_before_the_body_is_read(http_server: Any, base_url: str, auth: dict[str, str]) -> None:
+    """An unauthenticated upload is answered from its headers: nothing of it is read."""
+    status, body = await raw_request(base_url, {**auth, **JSON, "Content-Length": str(4 << 20)})
+    assert status == 401 and body["error"]["code"] == "unauthorized"
+
+
+@pytest.mark.settings(http_max_body_bytes=1000)
+@pytest.mark.gen_test
+async def test_a_declared_length_above_the_limit_is_413_before_the_body_is_read(http_server: Any, base_url: str) -> None:
+    status, body = await raw_request(base_url, {**KEY, **JSON, "Content-Length": "1001"})
+    assert status == 413 and body["error"]["code"] == "too_large"
+
+
+@pytest.mark.settings(http_max_body_bytes=1000)
+@pytest.mark.gen_test
+async def test_a_chunked_body_is_refused_once_it_passes_the_limit(http_server: Any, base_url: str, node: Any) -> None:
+    """No Content-Length to check: the answer comes as soon as the limit is passed,
+    without waiting for the rest (the last chunk is never sent)."""
+    headers = {**KEY, **JSON, "Transfer-Encoding": "chunked"}
+    status, body = await raw_request(base_url, headers, (chunk(b'{"event": "x.y", "users": ["big"], "data": {"p": "'),
+                                                         chunk(b"x" * 1000)))
+    assert status == 413 and body["error"]["code"] == "too_large"
+    assert await stored(node, "user:big") == []
+
+
+@pytest.mark.settings(http_max_body_bytes=1000)
+@pytest.mark.gen_test
+async def test_a_chunked_body_within_the_limit_is_published(http_server: Any, base_url: str, node: Any) -> None:
+    text = ujson.dumps({"event": "x.y", "users": ["chunked"], "data": {"p": "x" * 500}}).encode()
+    status, body = await raw_request(base_url, {**KEY, **JSON, "Transfer-Encoding": "chunked"},
+                                     (chunk(text[:100]), chunk(text[100:]), b"0\r\n\r\n"))
+    assert status == 200 and set(body["ids"]) == {"user:chunked"}
+    assert len(await stored(node, "user:chunked")) == 1
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8",
+                                          "Application/JSON;charset=UTF-8", 'application/json; charset="utf-8"'])
+@pytest.mark.gen_test
+async def test_json_content_types_are_accepted(http_client: Any, base_url: str, content_type: str) -> None:
+    response = await publish(http_client, base_url, {"users": ["a"], "event": "x.y", "data": {}},
+                             headers={"Content-Type": content_type})
+    assert response.code == 200
+
+
+@pytest.mark.parametrize("path", ["/api/v1/publish", "/api/v1/broadcast", "/admin/api/broadcast"])
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
+                                          "application/json; charset=latin-1", "application/jsonx"])
+@pytest.mark.gen_test
+async def test_other_content_types_are_415(
+    http_server: Any, base_url: str, node: Any, token: Any, path: str, content_type: str | None
+) -> None:
+    bearer = token("boss", app_metadata={"role": "admin"}) if path.startswith("/admin") else API_KEY
+    text = ujson.dumps({"users": ["a"], "event": "x.y", "data": {}} if path == "/api/v1/publish" else
+                       {"event": "x.y", "data": {}, "title": "t", "message": "m"}).encode()
+    headers = {"Authorization": f"Bearer {bearer}", "Content-Length": str(len(text))}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    status, body = await raw_request(base_url, headers, (text,), path=path)
+    assert status == 415 and body["error"]["code"] == "bad_request" and "application/json" in body["error"]["message"]
+    assert await stored(node, "user:a") == [] and await stored(node, "system") == []
+
+
+@pytest.mark.settings(http_max_body_bytes=1000)
+@pytest.mark.gen_test
+async def test_checks_before_the_body_run_key_then_size_then_content_type(http_server: Any, base_url: str) -> None:
+    too_long = {"Content-Length": "5000"}
+    assert (await raw_request(base_url, {"Content-Type": "text/plain", **too_long}))[0] == 401
+    assert (await raw_request(base_url, {**KEY, "Content-Type": "text/plain", **too_long}))[0] == 413
+    assert (await raw_request(base_url, {**KEY, "Content-Type": "text/plain", "Content-Length": "10"}))[0] == 415
+
+
+def failure_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    return [record.fields for record in caplog.records if record.getMessage() == "http failure"]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("raised,status", [(EngineUnavailable("redis unavailable: Connection refused"), 503),
+                                           (RuntimeError("engine bug"), 500)])
+@pytest.mark.gen_test
+async def test_every_5xx_logs_why(http_client: Any, base_url: str, node: Any, monkeypatch: pytest.MonkeyPatch,
+                                  caplog: pytest.LogCaptureFixture, raised: Exception, status: int) -> None:
+    async def failing(*args: Any) -> dict[str, str]:
+        raise raised
+
+    monkeypatch.setattr(node.gateway.engine, "publish", failing)
+    caplog.set_level(logging.WARNING, logger="renum_rt")
+    response = await publish(http_client, base_url, {"users": ["a"], "event": "x.y", "data": {}})
+    assert response.code == status and error_of(response)["code"] == ("unavailable" if status == 503 else "internal")
+    [line] = failure_lines(caplog)
+    assert line == {"method": "POST", "path": "/api/v1/publish", "status": status,
+                    "error": type(raised).__name__, "reason": str(raised)}
+    assert API_KEY not in caplog.text
+
+
+@pytest.mark.gen_test
+async def test_admin_503_logs_why(http_client: Any, base_url: str, node: Any, token: Any,
+                                  monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    async def failing() -> dict[str, Any]:
+        raise EngineUnavailable("redis unavailable: Timeout")
+
+    monkeypatch.setattr(node.gateway.cluster, "stats", failing)
+    caplog.set_level(logging.WARNING, logger="renum_rt")
+    admin = token("boss", app_metadata={"role": "admin"})
+    response = await http_client.fetch(base_url + "/admin/api/stats", raise_error=False,
+                                       headers={"Authorization": f"Bearer {admin}"})
+    assert response.code == 503
+    [line] = failure_lines(caplog)
+    assert line["path"] == "/admin/api/stats" and line["error"] == "EngineUnavailable" and "Timeout" in line["reason"]
+    assert admin not in caplog.text

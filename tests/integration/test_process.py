@@ -51,7 +51,8 @@ async def test_dev_mode_newcomer_flow(http_client: Any) -> None:
         client = await connect(server.ws_url, user_token)
         data = {"execution_id": "e1", "team_id": "dev-team", "status": "running", "progress": 40}
         response = await http_client.fetch(server.url + "/api/v1/publish", method="POST",
-                                           headers={"Authorization": f"Bearer {key}"},
+                                           headers={"Authorization": f"Bearer {key}",
+                                                    "Content-Type": "application/json"},
                                            body=ujson.dumps({"users": ["dev-user"], "event": "execution.status",
                                                              "data": data}))
         assert response.code == 200
@@ -85,7 +86,7 @@ async def test_logs_are_json_lines_without_tokens_and_debug_shows_frames(http_cl
         await client.send("{broken")
         await client.recv()
         await http_client.fetch(server.url + "/api/v1/publish", method="POST", raise_error=False,
-                                headers={"Authorization": "Bearer proc-key"},
+                                headers={"Authorization": "Bearer proc-key", "Content-Type": "application/json"},
                                 body=ujson.dumps({"users": ["logged-user"], "event": "x.y", "data": {}}))
         await client.recv_type("event")
         client.close()
