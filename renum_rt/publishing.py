@@ -1,43 +1,27 @@
 """Publishing one event: stored before it is answered, once per ``Idempotency-Key``.
 
-A backend that retries a publish (a timeout, a lost reply) sends the same
-``Idempotency-Key``; the first request's answer is kept for ``ttl_s`` and returned to
-every retry, so the event is stored and delivered once.
+A backend that retries a publish (a timeout, a lost reply, a 503) sends the same
+``Idempotency-Key``. The engine keeps the first publish's ids under the key in the same
+atomic step that stores the event, so a retry gets those ids and creates nothing new,
+and there is no "in progress" state that a stalled request could leave behind.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from typing import Any
 
-from .engines import Engine, EngineUnavailable
+from .engines import Engine
 from .logs import log
 
 
 async def publish(engine: Engine, targets: list[str], name: str, data: dict[str, Any],
                   idempotency_key: str | None, ttl_s: int) -> dict[str, Any]:
     """Store and fan out one event; with an Idempotency-Key, a retry returns the first
-    answer and creates nothing new. Raises ``EngineUnavailable`` (nothing was accepted)
-    and ``IdempotencyInProgress``."""
-    key = idempotency_key
-    if key is not None:
-        previous = await engine.idempotency_claim(key, ttl_s)
-        if previous is not None:
-            return previous
-    try:
-        ids = await engine.publish(targets, name, data, int(time.time() * 1000))
-    except BaseException:
-        if key is not None:
-            with contextlib.suppress(EngineUnavailable):
-                await engine.idempotency_release(key)
-        raise
-    answer = {"ids": ids}
-    if key is not None:
-        # the event is stored: if its answer cannot be, a retry publishes it again,
-        # under new ids, which clients de-duplicate by content at worst
-        with contextlib.suppress(EngineUnavailable):
-            await engine.idempotency_store(key, answer, ttl_s)
-    log(logging.INFO, "publish", event=name, channels=len(targets), idempotency=key is not None)
-    return answer
+    answer and creates nothing new. Raises ``EngineUnavailable`` (nothing is promised:
+    retry, with the same key)."""
+    ids = await engine.publish(targets, name, data, int(time.time() * 1000), idempotency_key=idempotency_key,
+                               ttl_s=ttl_s)
+    log(logging.INFO, "publish", event=name, channels=len(targets), idempotency=idempotency_key is not None)
+    return {"ids": ids}

@@ -10,12 +10,14 @@ from __future__ import annotations
 from .base import Engine, EngineUnavailable, Event, Replay, Retention
 
 
-def make_engine(redis_url: str | None, retention: Retention, prefix: str = "renum-rt:") -> Engine:
-    """The Redis engine when ``redis_url`` is set, else the in-memory engine."""
+def make_engine(redis_url: str | None, retention: Retention, prefix: str = "renum-rt:",
+                pool_size: int = 32) -> Engine:
+    """The Redis engine when ``redis_url`` is set (with at most ``pool_size`` connections),
+    else the in-memory engine."""
     if redis_url:
         from .redis import RedisEngine
 
-        return RedisEngine(redis_url, retention, prefix=prefix)
+        return RedisEngine(redis_url, retention, prefix=prefix, pool_size=pool_size)
     from .memory import MemoryEngine
 
     return MemoryEngine(retention)

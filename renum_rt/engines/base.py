@@ -3,12 +3,13 @@
 A gateway node never cares which engine it runs on (Centrifuge's broker/presence
 split, in one interface). The engine owns what must outlive a connection: channel
 history, the durable per-user queue and its ack cursor, the latest state of execution
-channels, idempotency records, cluster presence. It also owns fan-out: ``publish``
-stores an event and then hands it to the listener of *every* node sharing the engine,
-this one included, so the live path is the same with one process or many.
+channels, the ids of idempotent publishes, cluster presence. It also owns fan-out:
+``publish`` stores an event and then hands it to the listener of *every* node sharing
+the engine, this one included, so the live path is the same with one process or many.
 
-Every method may raise ``EngineUnavailable`` when the store cannot be reached; callers
-turn that into ``unavailable`` errors and HTTP 503, never into a half-accepted publish.
+Every method may raise ``EngineUnavailable`` when the store cannot be reached or cannot
+take writes now; callers turn that into ``unavailable`` errors and HTTP 503, never into a
+half-accepted publish.
 """
 
 from __future__ import annotations
@@ -29,8 +30,14 @@ ControlListener = Callable[[dict[str, Any]], None]
 ResyncListener = Callable[[str], None]
 
 
+#: how long an Idempotency-Key's ids are kept when the caller does not say
+IDEMPOTENCY_TTL_S = 24 * 3600
+
+
 class EngineUnavailable(Exception):
-    """The store is unreachable; nothing was changed by the failed call."""
+    """The store is unreachable or refuses writes now. A refused call changed nothing;
+    a call whose reply was lost (a timeout) may have taken effect, which is why a publish
+    that must happen once carries an idempotency key."""
 
 
 class AckRefused(Exception):
@@ -39,7 +46,9 @@ class AckRefused(Exception):
 
 
 class IdempotencyInProgress(Exception):
-    """Another request holding the same Idempotency-Key has not finished yet."""
+    """Never raised any more: a publish stores its idempotency answer in the same step as
+    its events, so no key is ever "in progress". Kept only while handlers/api.py still
+    imports it; remove both together."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,10 +108,11 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     async def ping(self) -> bool:
-        """True when the store answers now."""
+        """True when the store answers and takes writes (what ``/healthz`` reports)."""
 
     @abc.abstractmethod
-    async def publish(self, channels: Sequence[str], name: str, data: dict[str, Any], ts: int) -> dict[str, str]:
+    async def publish(self, channels: Sequence[str], name: str, data: dict[str, Any], ts: int,
+                      idempotency_key: str | None = None, ttl_s: int = IDEMPOTENCY_TTL_S) -> dict[str, str]:
         """Store one event on each channel, then fan it out; return ``{channel: id}``.
 
         Returns only once every copy is stored (durably, for a durable engine). Either
@@ -110,6 +120,12 @@ class Engine(abc.ABC):
         Channels that keep a latest state (``channels.keeps_latest``) update it here.
         Listeners may be called before this returns (memory) or after (Redis); a
         failing listener never turns a stored event into an error.
+
+        With ``idempotency_key``, the ids are kept under the key for ``ttl_s`` seconds in
+        the same atomic step that stores the events, and a publish whose key already
+        holds ids returns them, storing and fanning out nothing. There is no "in
+        progress" state: a retry after a lost reply gets the first ids, and a retry of a
+        publish that never ran publishes.
         """
 
     @abc.abstractmethod
@@ -128,8 +144,9 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     async def ack(self, channel: str, event_id: str) -> str:
         """Move the channel's ack cursor forward to ``event_id`` (never backwards);
-        return the cursor after the move. Raise ``AckRefused``, changing nothing, when
-        ``event_id`` is after the newest id stored on the channel."""
+        return the cursor after the move (concurrent acks of a channel may move it
+        together: the newest wins). Raise ``AckRefused``, changing nothing for this
+        caller, when ``event_id`` is after the newest id stored on the channel."""
 
     @abc.abstractmethod
     async def cursor(self, channel: str) -> str | None:
@@ -138,20 +155,6 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     async def control(self, message: dict[str, Any]) -> None:
         """Send a control message to every node (this one included)."""
-
-    @abc.abstractmethod
-    async def idempotency_claim(self, key: str, ttl_s: int) -> dict[str, Any] | None:
-        """Claim ``key``: None when this caller got it and must do the work, the stored
-        answer when a previous request finished; raise ``IdempotencyInProgress`` when a
-        previous request holds it but has not finished."""
-
-    @abc.abstractmethod
-    async def idempotency_store(self, key: str, answer: dict[str, Any], ttl_s: int) -> None:
-        """Record the answer of a claimed key."""
-
-    @abc.abstractmethod
-    async def idempotency_release(self, key: str) -> None:
-        """Give up a claim whose work failed, so that a retry can do it."""
 
     @abc.abstractmethod
     async def heartbeat(self, node_id: str, stats: dict[str, Any], ttl_s: int) -> None:

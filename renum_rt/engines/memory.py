@@ -15,11 +15,12 @@ from typing import Any, Callable, Sequence
 
 from .. import channels
 from ..ids import IdKey, format_id, next_id, parse_id
+from ..logs import log
 from ..protocol import event_frame_head, event_frame_tail
-from .base import AckRefused, Engine, Event, IdempotencyInProgress, Replay, Retention
+from .base import IDEMPOTENCY_TTL_S, AckRefused, Engine, Event, Replay, Retention
 
-
-log = logging.getLogger(__name__)
+#: expired idempotency answers are dropped every this many remembered ones, not on every publish
+_SWEEP_EVERY = 1024
 
 
 class _Stream:
@@ -44,8 +45,9 @@ class MemoryEngine(Engine):
         self._streams: dict[str, _Stream] = {}
         self._latest: dict[str, Event] = {}
         self._cursors: dict[str, IdKey] = {}
-        self._idempotency: dict[str, tuple[float, dict[str, Any] | None]] = {}
-        self._claims = 0
+        #: Idempotency-Key -> (expiry, the ids of its publish)
+        self._answers: dict[str, tuple[float, dict[str, str]]] = {}
+        self._remembered = 0
         self._nodes: dict[str, tuple[float, dict[str, Any]]] = {}
         self._connections: dict[str, int] = {}
         #: ids before this one may have existed in an earlier process: history is incomplete
@@ -60,8 +62,16 @@ class MemoryEngine(Engine):
         while events and (len(events) > self._retention.max_len or (horizon is not None and events[0][0][0] < horizon)):
             stream.trimmed = events.popleft()[0]
 
-    async def publish(self, channel_names: Sequence[str], name: str, data: dict[str, Any], ts: int) -> dict[str, str]:
-        now_ms = int(self._clock() * 1000)
+    async def publish(self, channel_names: Sequence[str], name: str, data: dict[str, Any], ts: int,
+                      idempotency_key: str | None = None, ttl_s: int = IDEMPOTENCY_TTL_S) -> dict[str, str]:
+        """One synchronous step (no await): the answer of a key and its events are
+        stored together, as the Redis engine's script does."""
+        now = self._clock()
+        if idempotency_key is not None:
+            answer = self._answer(idempotency_key, now)
+            if answer is not None:
+                return answer
+        now_ms = int(now * 1000)
         stored: list[tuple[Event, bytes]] = []
         tail = event_frame_tail(ts, name, data)
         for channel in channel_names:
@@ -77,12 +87,27 @@ class MemoryEngine(Engine):
             if channels.keeps_latest(channel):
                 self._latest[channel] = event
             stored.append((event, (event_frame_head(channel) + event.id + tail).encode()))
+        ids = {event.channel: event.id for event, _ in stored}
+        if idempotency_key is not None:
+            self._remember(idempotency_key, ids, now + ttl_s)
         for event, frame in stored:
             try:
                 self._on_event(event.channel, event.id, frame)
             except Exception:  # the event is stored: a fan-out fault must not turn it into an error
-                log.exception("fan-out listener failed")
-        return {event.channel: event.id for event, _ in stored}
+                log(logging.ERROR, "fan-out listener failed", channel=event.channel, exc_info=True)
+        return ids
+
+    def _answer(self, key: str, now: float) -> dict[str, str] | None:
+        """The ids a publish with ``key`` got, while they are kept."""
+        record = self._answers.get(key)
+        return record[1] if record is not None and record[0] > now else None
+
+    def _remember(self, key: str, ids: dict[str, str], expires: float) -> None:
+        self._answers[key] = (expires, ids)
+        self._remembered += 1
+        if self._remembered % _SWEEP_EVERY == 0:
+            now = self._clock()
+            self._answers = {k: v for k, v in self._answers.items() if v[0] > now}
 
     async def history(self, channel: str, since: str | None, limit: int) -> Replay:
         stream = self._streams.get(channel)
@@ -115,25 +140,6 @@ class MemoryEngine(Engine):
 
     async def control(self, message: dict[str, Any]) -> None:
         self._on_control(message)
-
-    async def idempotency_claim(self, key: str, ttl_s: int) -> dict[str, Any] | None:
-        now = self._clock()
-        record = self._idempotency.get(key)
-        if record is not None and record[0] > now:
-            if record[1] is None:
-                raise IdempotencyInProgress(key)
-            return record[1]
-        self._idempotency[key] = (now + ttl_s, None)
-        self._claims += 1
-        if self._claims % 1024 == 0:  # expire old records now and then, not on every claim
-            self._idempotency = {k: v for k, v in self._idempotency.items() if v[0] > now}
-        return None
-
-    async def idempotency_store(self, key: str, answer: dict[str, Any], ttl_s: int) -> None:
-        self._idempotency[key] = (self._clock() + ttl_s, answer)
-
-    async def idempotency_release(self, key: str) -> None:
-        self._idempotency.pop(key, None)
 
     async def heartbeat(self, node_id: str, stats: dict[str, Any], ttl_s: int) -> None:
         self._nodes[node_id] = (self._clock() + ttl_s, stats)

@@ -16,7 +16,8 @@ Key layout, everything under ``prefix`` (default ``renum-rt:``):
 | ``id:<channel>``       | string | the last id handed out on a live-only channel (``admin``)    |
 | ``latest:<channel>``   | hash   | the latest event of an ``execution:`` channel: i, n, d, t     |
 | ``cursor:<channel>``   | string | the ack cursor                                               |
-| ``idem:<key>``         | string | an idempotency record: "" while in progress, then the answer JSON |
+| ``pub:<key>``          | string | the ids (JSON ``{channel: id}``) of a publish made with an Idempotency-Key |
+| ``health``             | string | the write probe of ``ping`` (expires after a few seconds)    |
 | ``node:<node_id>``     | string | a node's statistics JSON, expiring with its heartbeat        |
 | ``nodes``              | set    | ids of nodes that sent a heartbeat (dead ones removed lazily) |
 | ``conns:<user_id>``    | hash   | node_id -> open connections of that user on that node         |
@@ -27,6 +28,15 @@ channel line and an id line per channel (``tail \\n channel \\n id [\\n channel 
 (``event_frame_head(channel) + id + tail``): the payload is never encoded again.
 Streams, latest states, id counters and cursors expire ``max_age_s`` after their last
 write, so idle channels vanish.
+
+Load and failures: commands share a bounded pool (``pool_size`` connections, pub/sub
+included) and wait for a free connection instead of opening one per concurrent command,
+so a burst never becomes a connect storm. Idempotent commands (reads, acks, a publish
+with an idempotency key) are tried once more after a short pause when a connection
+fails; a publish without a key never is, since its first try may have run. Concurrent
+acks of one channel are sent as one script call. Redis refusing writes (out of memory,
+a read-only replica, ...) is ``EngineUnavailable`` like an unreachable Redis, and each
+``EngineUnavailable`` is logged once, with the command and the reason.
 """
 
 from __future__ import annotations
@@ -35,7 +45,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any, Iterator, Sequence, cast
+from typing import Any, Awaitable, Callable, Sequence, TypeVar, cast
 
 import redis.asyncio
 import ujson
@@ -43,21 +53,36 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
 
 from .. import channels
 from ..ids import format_id, parse_id
+from ..logs import log
 from ..protocol import encode, event_frame_head, event_frame_tail
-from .base import AckRefused, Engine, EngineUnavailable, Event, IdempotencyInProgress, Replay, Retention
+from .base import IDEMPOTENCY_TTL_S, AckRefused, Engine, EngineUnavailable, Event, Replay, Retention
 
-log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Errors that mean "Redis cannot be reached now" (``BusyLoadingError``, Redis still
-#: loading its data after a restart, is a ``ConnectionError``).
+#: loading its data after a restart, is a ``ConnectionError``; so is "no free connection
+#: in the pool after ``_POOL_WAIT_S``").
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+#: Error codes of replies that mean "this Redis cannot take writes now": out of memory
+#: (``maxmemory`` with ``noeviction``), a read-only replica, a replica cut from its
+#: primary, still loading, too few replicas (``min-replicas-to-write``), a failed
+#: RDB save (``stop-writes-on-bgsave-error``), a script running too long.
+_REFUSING = frozenset({"OOM", "READONLY", "MASTERDOWN", "LOADING", "NOREPLICAS", "MISCONF", "BUSY"})
 _TIMEOUT_S = 2.0
+#: how long a command waits for a free pooled connection before it is unavailable
+_POOL_WAIT_S = 5.0
+#: the pause before the one retry of an idempotent command whose connection failed
+_RETRY_PAUSE_S = 0.05
+#: ``ping`` probes Redis (a write) at most this often; callers in between share the answer
+_PROBE_S = 1.0
+#: characters of an error kept in a log line
+_REASON_MAX = 200
 _RETRY_MIN_S = 0.1
 _RETRY_MAX_S = 2.0
 #: How long the pub/sub reader waits for a message before checking the connection's health.
@@ -81,17 +106,24 @@ local function now_ms()
 end
 """
 
-# KEYS: per channel, its stream (or id counter), then its latest hash if it keeps one.
-# ARGV: fanout, tail, name, data, ts, max_len, max_age_s, then per channel: channel and
-# mode ('s' stored, 'l' stored + latest, 'c' live only). Storing and the one PUBLISH of
-# the whole request (the frame tail, then a channel and id line per channel) happen
-# together, so live order is stream order. Returns the ids.
+# KEYS: per channel, its stream (or id counter), then its latest hash if it keeps one;
+# last, with an idempotency key, the key's answer. ARGV: fanout, tail, name, data, ts,
+# max_len, max_age_s, the answer's ttl (0 = no key), then per channel: channel and mode
+# ('s' stored, 'l' stored + latest, 'c' live only). Storing, the answer and the one
+# PUBLISH of the whole request (the frame tail, then a channel and id line per channel)
+# happen together, so live order is stream order and a key never holds a half answer.
+# Returns {the answer JSON already kept under the key}, or {false, ids...}. Its first
+# write is the first XADD/SET, so a Redis refusing writes refuses before any.
 _PUBLISH = _LUA_HELPERS + r"""
 local fanout, tail, name, data, ts = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local max_len, max_age = tonumber(ARGV[6]), tonumber(ARGV[7])
+local max_len, max_age, ttl = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+if ttl > 0 then
+  local answer = redis.call('GET', KEYS[#KEYS])
+  if answer then return {answer} end
+end
 local now = now_ms()
-local ids, lines, k = {}, {tail}, 1
-for i = 8, #ARGV, 2 do
+local ids, answer, lines, k = {false}, {}, {tail}, 1
+for i = 9, #ARGV, 2 do
   local channel, mode = ARGV[i], ARGV[i + 1]
   local key, id = KEYS[k], nil
   k = k + 1
@@ -118,7 +150,9 @@ for i = 8, #ARGV, 2 do
   lines[#lines + 1] = channel
   lines[#lines + 1] = id
   ids[#ids + 1] = id
+  answer[channel] = id
 end
+if ttl > 0 then redis.call('SET', KEYS[#KEYS], cjson.encode(answer), 'EX', ttl) end
 redis.call('PUBLISH', fanout, table.concat(lines, '\n'))
 return ids
 """
@@ -165,21 +199,37 @@ end
 return {complete and 1 or 0, rows}
 """
 
-# KEYS: the cursor, the channel's stream. ARGV: id, max_age_s. Moves only forwards;
-# returns the cursor, or false (nothing changed) when id is after the newest stored id.
+# KEYS: the cursor, the channel's stream. ARGV: max_age_s, then the acked ids (every ack
+# of the channel made in one loop turn). Moves the cursor only forwards, to the newest
+# acked id that is not after the newest stored id; the others are refused. Returns the
+# cursor (false if there is none), then per acked id 1 if it was refused, else 0.
+# Running it twice changes nothing more: it can be retried.
 _ACK = _LUA_HELPERS + r"""
-if redis.call('EXISTS', KEYS[2]) == 0 then return false end
-local info = redis.call('XINFO', 'STREAM', KEYS[2])
-for i = 1, #info, 2 do
-  if info[i] == 'last-generated-id' and less(info[i + 1], ARGV[1]) then return false end
+local newest = nil
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[2])
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then newest = info[i + 1] end
+  end
 end
-local cursor = redis.call('GET', KEYS[1])
-if not cursor or less(cursor, ARGV[1]) then
-  cursor = ARGV[1]
-  redis.call('SET', KEYS[1], cursor)
+local cursor, refused, accepted = redis.call('GET', KEYS[1]), {}, false
+local target = cursor
+for i = 2, #ARGV do
+  if newest == nil or less(newest, ARGV[i]) then
+    refused[#refused + 1] = 1
+  else
+    refused[#refused + 1] = 0
+    accepted = true
+    if not target or less(target, ARGV[i]) then target = ARGV[i] end
+  end
 end
-if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
-return cursor
+if accepted then
+  if target ~= cursor then redis.call('SET', KEYS[1], target) end
+  if tonumber(ARGV[1]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+end
+local out = {target or false}
+for i = 1, #refused do out[#out + 1] = refused[i] end
+return out
 """
 
 # KEYS: the node set. ARGV: the node key prefix. Returns the stats of live nodes.
@@ -214,13 +264,26 @@ if redis.call('HINCRBY', KEYS[1], ARGV[1], -1) <= 0 then redis.call('HDEL', KEYS
 """
 
 
-@contextlib.contextmanager
-def _unavailable() -> Iterator[None]:
-    """Turn "Redis cannot be reached" into ``EngineUnavailable``."""
-    try:
-        yield
-    except _UNREACHABLE as exc:
-        raise EngineUnavailable(f"redis unavailable: {exc}") from exc
+def _reason(exc: BaseException) -> str:
+    """What went wrong, for the log and the exception: the error code Redis sent (redis-py
+    strips it from the message) or the exception's type, then the start of its message.
+    A pipeline's error quotes its failed command, values included: only the error is kept."""
+    code = getattr(exc, "status_code", None) or type(exc).__name__
+    message = str(exc).rpartition(" of pipeline caused error: ")[2]
+    return f"{code} {message}"[:_REASON_MAX].strip()
+
+
+def _refuses_writes(exc: ResponseError) -> bool:
+    """Is this error reply one of those that mean "this Redis cannot take writes now"?"""
+    code = getattr(exc, "status_code", None) or str(exc).split(" ", 1)[0]
+    return code in _REFUSING
+
+
+def _unavailable(command: str, exc: BaseException) -> EngineUnavailable:
+    """The ``EngineUnavailable`` for a failed command, logged here and only here."""
+    reason = _reason(exc)
+    log(logging.WARNING, "engine unavailable", engine="redis", command=command, reason=reason)
+    return EngineUnavailable(f"redis {command}: {reason}")
 
 
 def _event(channel: str, event_id: bytes, fields: dict[bytes, bytes]) -> Event:
@@ -237,22 +300,25 @@ class RedisEngine(Engine):
 
     name = "redis"
 
-    def __init__(self, url: str, retention: Retention, prefix: str = "renum-rt:") -> None:
+    def __init__(self, url: str, retention: Retention, prefix: str = "renum-rt:", pool_size: int = 32) -> None:
         super().__init__()
         self._retention = retention
         self._prefix = prefix
-        # No retries: a failed call answers EngineUnavailable at once and a script never
-        # runs twice. The pool replaces connections Redis closed meanwhile (a restart)
-        # when it hands them out, a check redis-py skips when maintenance notifications
-        # (a Redis Enterprise feature) are on.
-        self._redis = redis.asyncio.from_url(
+        # redis-py retries nothing: ``_run`` decides, per command, whether a retry is safe.
+        # The pool replaces connections Redis closed meanwhile (a restart) when it hands
+        # them out, a check redis-py skips when maintenance notifications (a Redis
+        # Enterprise feature) are on.
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
             url,
+            max_connections=pool_size,
+            timeout=_POOL_WAIT_S,
             socket_timeout=_TIMEOUT_S,
-            socket_connect_timeout=1,
+            socket_connect_timeout=_TIMEOUT_S,
             health_check_interval=10,
             retry=Retry(NoBackoff(), 0),
             maint_notifications_config=MaintNotificationsConfig(enabled=False),
         )
+        self._redis = redis.asyncio.Redis.from_pool(pool)
         self._fanout = f"{prefix}fanout".encode()
         self._control = f"{prefix}control".encode()
         self._publish = self._redis.register_script(_PUBLISH)
@@ -266,6 +332,11 @@ class RedisEngine(Engine):
         #: event id seen on it, or the Redis time of the last subscription; until the
         #: first one, the local clock with a margin
         self._mark = f"{int((time.time() - _CLOCK_MARGIN_S) * 1000)}-0"
+        #: acks waiting for the end of this loop turn, per channel: (id, its caller's future)
+        self._acks: dict[str, list[tuple[str, asyncio.Future[str]]]] = {}
+        self._ack_calls: set[asyncio.Task[None]] = set()
+        self._probe: asyncio.Future[bool] | None = None
+        self._probe_at = 0.0
 
     def _key(self, kind: str, name: str) -> str:
         return f"{self._prefix}{kind}:{name}"
@@ -276,7 +347,7 @@ class RedisEngine(Engine):
         try:
             pubsub: PubSub | None = await self._subscribe()
         except _UNREACHABLE as exc:
-            log.warning("redis pub/sub unavailable at start (%s); retrying in the background", exc)
+            log(logging.WARNING, "redis pub/sub unavailable at start; retrying in the background", reason=_reason(exc))
             pubsub = None
         self._listener = asyncio.create_task(self._listen(pubsub))
 
@@ -286,7 +357,27 @@ class RedisEngine(Engine):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
             self._listener = None
+        await asyncio.gather(*self._ack_calls, return_exceptions=True)
         await self._redis.aclose()
+
+    async def _run(self, command: str, call: Callable[[], Awaitable[T]], idempotent: bool) -> T:
+        """Run one command; turn "unreachable" and "refusing writes" into a logged
+        ``EngineUnavailable``. An idempotent command whose connection failed is tried once
+        more after a short pause (a connection Redis closed, a restart in progress): a
+        burst should not fail for one bad connection. Refusals are not retried."""
+        failures = 0
+        while True:
+            try:
+                return await call()
+            except _UNREACHABLE as exc:
+                failures += 1
+                if not idempotent or failures > 1:
+                    raise _unavailable(command, exc) from exc
+            except ResponseError as exc:
+                if not _refuses_writes(exc):
+                    raise
+                raise _unavailable(command, exc) from exc
+            await asyncio.sleep(_RETRY_PAUSE_S)
 
     async def _subscribe(self) -> PubSub:
         """A pub/sub connection subscribed to fanout and control, confirmed by Redis."""
@@ -326,23 +417,23 @@ class RedisEngine(Engine):
                 try:
                     pubsub = await self._subscribe()
                 except (RedisError, OSError) as exc:
-                    log.warning("redis pub/sub unavailable (%s); retrying in %.1f s", exc, delay)
+                    log(logging.WARNING, "redis pub/sub unavailable", reason=_reason(exc), retry_in_s=delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, _RETRY_MAX_S)
                     continue
                 delay = _RETRY_MIN_S
-                log.info("redis pub/sub subscribed again")
+                log(logging.INFO, "redis pub/sub subscribed again")
                 try:
                     self._on_resync(since)
                 except Exception:
-                    log.exception("engine resync listener failed")
+                    log(logging.ERROR, "engine resync listener failed", exc_info=True)
             try:
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=_POLL_S)
                     if message is not None:
                         self._dispatch(message)
             except (RedisError, OSError) as exc:
-                log.warning("redis pub/sub interrupted: %s", exc)
+                log(logging.WARNING, "redis pub/sub interrupted", reason=_reason(exc))
             finally:
                 await pubsub.aclose()
             pubsub = None
@@ -360,19 +451,31 @@ class RedisEngine(Engine):
                     try:
                         self._on_event(channel, self._mark, event_frame_head(channel).encode() + id_bytes + tail)
                     except Exception:  # one channel's fault must not cost the others their event
-                        log.exception("engine listener failed on channel %s", channel)
+                        log(logging.ERROR, "engine listener failed", channel=channel, exc_info=True)
             elif message["channel"] == self._control:
                 self._on_control(ujson.loads(message["data"]))
         except Exception:
-            log.exception("engine listener failed on a pub/sub message")
+            log(logging.ERROR, "engine listener failed on a pub/sub message", exc_info=True)
 
     async def ping(self) -> bool:
-        try:
-            return bool(await self._redis.ping())
-        except (RedisError, OSError):
-            return False
+        """A write probe, so that a Redis that answers but refuses writes (out of memory,
+        a replica) is unhealthy too. At most one per ``_PROBE_S``: ``/healthz`` may be
+        polled often, by many balancers."""
+        now = asyncio.get_running_loop().time()
+        if self._probe is None or (self._probe.done() and now - self._probe_at >= _PROBE_S):
+            self._probe_at = now
+            self._probe = asyncio.ensure_future(self._write_probe())
+        return await asyncio.shield(self._probe)
 
-    async def publish(self, channel_names: Sequence[str], name: str, data: dict[str, Any], ts: int) -> dict[str, str]:
+    async def _write_probe(self) -> bool:
+        try:
+            await self._run("ping", lambda: self._redis.set(f"{self._prefix}health", "1", px=5000), idempotent=False)
+        except EngineUnavailable:
+            return False
+        return True
+
+    async def publish(self, channel_names: Sequence[str], name: str, data: dict[str, Any], ts: int,
+                      idempotency_key: str | None = None, ttl_s: int = IDEMPOTENCY_TTL_S) -> dict[str, str]:
         keys: list[str] = []
         args: list[str | int] = [
             self._fanout.decode(),
@@ -382,6 +485,7 @@ class RedisEngine(Engine):
             ts,
             self._retention.max_len,
             self._retention.max_age_s,
+            ttl_s if idempotency_key is not None else 0,
         ]
         for channel in channel_names:
             if not channels.is_stored(channel):
@@ -394,80 +498,101 @@ class RedisEngine(Engine):
                 keys.append(self._key("s", channel))
                 mode = "s"
             args += [channel, mode]
-        with _unavailable():
-            ids = await self._publish(keys=keys, args=args)
+        if idempotency_key is not None:
+            keys.append(self._key("pub", idempotency_key))
+        # with a key, running the script twice stores once: a lost reply can be retried
+        kept, *ids = await self._run("publish", lambda: self._publish(keys=keys, args=args),
+                                     idempotent=idempotency_key is not None)
+        if kept is not None:
+            answer: dict[str, str] = ujson.loads(kept)
+            return answer
         return {channel: event_id.decode() for channel, event_id in zip(channel_names, ids)}
 
     async def history(self, channel: str, since: str | None, limit: int) -> Replay:
         after = format_id(parse_id(since)) if since is not None else ""
         args: list[str | int] = [after, limit, self._retention.max_len, self._retention.max_age_s]
-        with _unavailable():
-            complete, rows = await self._history(keys=[self._key("s", channel)], args=args)
+        complete, rows = await self._run("history", lambda: self._history(keys=[self._key("s", channel)], args=args),
+                                         idempotent=True)
         events = [_event(channel, id_, dict(zip(fields[::2], fields[1::2]))) for id_, fields in reversed(rows)]
         return Replay(events, bool(complete))
 
     async def latest(self, channel: str) -> Event | None:
-        with _unavailable():
-            fields = cast(dict[bytes, bytes], await self._redis.hgetall(self._key("latest", channel)))
+        fields = cast(dict[bytes, bytes], await self._run(
+            "latest", lambda: self._redis.hgetall(self._key("latest", channel)), idempotent=True))
         return _event(channel, fields[b"i"], fields) if fields else None
 
     async def ack(self, channel: str, event_id: str) -> str:
-        args: list[str | int] = [format_id(parse_id(event_id)), self._retention.max_age_s]
-        with _unavailable():
-            cursor: bytes | None = await self._ack(keys=[self._key("cursor", channel), self._key("s", channel)],
-                                                   args=args)
-        if cursor is None:
-            raise AckRefused(f"{event_id} is after the newest event of {channel}")
-        return cursor.decode()
+        """Joins the other acks of ``channel`` made in this loop turn: one script call
+        moves the cursor for all of them (a user acking on several connections, or many
+        events at once, costs one round trip), and each caller gets its own answer."""
+        acked = format_id(parse_id(event_id))
+        loop = asyncio.get_running_loop()
+        waiting = self._acks.get(channel)
+        if waiting is None:
+            waiting = self._acks[channel] = []
+            loop.call_soon(self._send_acks, channel)
+        future: asyncio.Future[str] = loop.create_future()
+        waiting.append((acked, future))
+        return await future
+
+    def _send_acks(self, channel: str) -> None:
+        call = asyncio.ensure_future(self._ack_together(channel, self._acks.pop(channel)))
+        self._ack_calls.add(call)
+        call.add_done_callback(self._ack_calls.discard)
+
+    async def _ack_together(self, channel: str, waiting: list[tuple[str, asyncio.Future[str]]]) -> None:
+        """One ack script call for ``waiting``; its answer (or error) goes to each caller."""
+        keys = [self._key("cursor", channel), self._key("s", channel)]
+        args: list[str | int] = [self._retention.max_age_s, *(acked for acked, _ in waiting)]
+        try:
+            cursor, *refused = await self._run("ack", lambda: self._ack(keys=keys, args=args), idempotent=True)
+            for (acked, future), refusal in zip(waiting, refused):
+                if future.done():  # its caller went away
+                    continue
+                if refusal:
+                    future.set_exception(AckRefused(f"{acked} is after the newest event of {channel}"))
+                else:
+                    future.set_result(cursor.decode())
+        except Exception as exc:
+            for _, future in waiting:
+                if not future.done():
+                    future.set_exception(exc)
+        finally:
+            for _, future in waiting:  # cancelled itself (the engine closing): so are its callers
+                future.cancel()
 
     async def cursor(self, channel: str) -> str | None:
-        with _unavailable():
-            cursor = cast(bytes | None, await self._redis.get(self._key("cursor", channel)))
+        cursor = cast(bytes | None, await self._run(
+            "cursor", lambda: self._redis.get(self._key("cursor", channel)), idempotent=True))
         return cursor.decode() if cursor is not None else None
 
     async def control(self, message: dict[str, Any]) -> None:
-        with _unavailable():
-            await self._redis.publish(self._control, encode(message))
-
-    async def idempotency_claim(self, key: str, ttl_s: int) -> dict[str, Any] | None:
-        with _unavailable():
-            # SET NX GET: sets and answers None, or answers the record already there
-            previous = cast(
-                bytes | None, await self._redis.set(self._key("idem", key), "", nx=True, ex=ttl_s, get=True)
-            )
-        if previous is None:
-            return None
-        if previous == b"":
-            raise IdempotencyInProgress(key)
-        answer: dict[str, Any] = ujson.loads(previous)
-        return answer
-
-    async def idempotency_store(self, key: str, answer: dict[str, Any], ttl_s: int) -> None:
-        with _unavailable():
-            await self._redis.set(self._key("idem", key), encode(answer), ex=ttl_s)
-
-    async def idempotency_release(self, key: str) -> None:
-        with _unavailable():
-            await self._redis.delete(self._key("idem", key))
+        # not retried: a lost reply would deliver the message twice
+        await self._run("control", lambda: self._redis.publish(self._control, encode(message)), idempotent=False)
 
     async def heartbeat(self, node_id: str, stats: dict[str, Any], ttl_s: int) -> None:
-        with _unavailable():
+        async def beat() -> None:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.set(self._key("node", node_id), encode(stats), ex=ttl_s)
                 pipe.sadd(f"{self._prefix}nodes", node_id)
                 await pipe.execute()
 
+        await self._run("heartbeat", beat, idempotent=True)
+
     async def nodes(self) -> list[dict[str, Any]]:
-        with _unavailable():
-            alive = await self._nodes(keys=[f"{self._prefix}nodes"], args=[f"{self._prefix}node:"])
+        alive = await self._run("nodes", lambda: self._nodes(keys=[f"{self._prefix}nodes"], args=[f"{self._prefix}node:"]),
+                                idempotent=True)
         return [ujson.loads(stats) for stats in alive]
 
     async def connection_opened(self, node_id: str, user_id: str, limit: int) -> bool:
         args: list[str | int] = [f"{self._prefix}node:", node_id, limit]
-        with _unavailable():
-            counted = await self._connection_opened(keys=[self._key("conns", user_id)], args=args)
+        # counts are not idempotent: never retried
+        counted = await self._run(
+            "connection_opened", lambda: self._connection_opened(keys=[self._key("conns", user_id)], args=args),
+            idempotent=False)
         return bool(counted)
 
     async def connection_closed(self, node_id: str, user_id: str) -> None:
-        with _unavailable():
-            await self._connection_closed(keys=[self._key("conns", user_id)], args=[node_id])
+        await self._run("connection_closed",
+                        lambda: self._connection_closed(keys=[self._key("conns", user_id)], args=[node_id]),
+                        idempotent=False)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from renum_rt import protocol
-from renum_rt.engines.base import Engine, Event, IdempotencyInProgress, Replay
+from renum_rt.engines.base import AckRefused, Engine, Event, Replay
 from renum_rt.ids import is_valid_id, parse_id
 
 from .conftest import Feed, eventually
@@ -159,15 +159,52 @@ async def test_fan_out_hands_over_the_encoded_event_frame(io_loop: object, engin
 
 
 @pytest.mark.gen_test
-async def test_idempotency_claim_store_release(io_loop: object, engine: Engine) -> None:
-    assert await engine.idempotency_claim("k1", 60) is None
-    with pytest.raises(IdempotencyInProgress):
-        await engine.idempotency_claim("k1", 60)
-    await engine.idempotency_store("k1", {"ids": {"team:t1": "1-0"}}, 60)
-    assert await engine.idempotency_claim("k1", 60) == {"ids": {"team:t1": "1-0"}}
-    assert await engine.idempotency_claim("k2", 60) is None
-    await engine.idempotency_release("k2")
-    assert await engine.idempotency_claim("k2", 60) is None
+async def test_concurrent_acks_newest_wins_and_only_an_ack_past_the_newest_event_is_refused(
+    io_loop: object, engine: Engine
+) -> None:
+    ids = await publish_many(engine, "user:u1", 4)
+    beyond = f"{parse_id(ids[-1])[0] + 60_000}-0"
+    answers = await asyncio.gather(engine.ack("user:u1", ids[1]), engine.ack("user:u1", ids[3]),
+                                   engine.ack("user:u1", beyond), engine.ack("user:u1", ids[0]),
+                                   return_exceptions=True)
+    assert isinstance(answers[2], AckRefused)
+    for acked, answer in zip([ids[1], ids[3], None, ids[0]], answers):
+        if acked is not None:  # the cursor after the move: at least this ack, at most the newest one
+            assert isinstance(answer, str) and parse_id(acked) <= parse_id(answer) <= parse_id(ids[3]), answer
+    assert await engine.cursor("user:u1") == ids[3]
+
+
+@pytest.mark.gen_test
+async def test_a_publish_with_an_idempotency_key_is_stored_once(io_loop: object, engine: Engine, feed: Feed) -> None:
+    first = await engine.publish(["user:u1", "team:t1"], "n", {"i": 1}, TS, idempotency_key="k1", ttl_s=60)
+    # a retry (even with another body) gets the first ids and stores nothing
+    again = await engine.publish(["user:u1"], "other", {"i": 2}, TS + 1, idempotency_key="k1", ttl_s=60)
+    assert again == first
+    other = await engine.publish(["user:u1"], "n", {"i": 3}, TS + 2, idempotency_key="k2", ttl_s=60)
+    assert [e.id for e in (await engine.history("user:u1", None, 10)).events] == [first["user:u1"], other["user:u1"]]
+    await feed.wait_for(lambda: len(feed.events) >= 3)  # the last publish's fan-out comes after any earlier one
+    assert [(c, i) for c, i, _ in feed.events] == [("user:u1", first["user:u1"]), ("team:t1", first["team:t1"]),
+                                                  ("user:u1", other["user:u1"])]
+
+
+@pytest.mark.gen_test
+async def test_concurrent_publishes_with_one_key_store_once_and_none_waits(io_loop: object, engine: Engine) -> None:
+    # no "in progress" state: every request with the key gets the same answer, none a refusal
+    answers = await asyncio.gather(*(engine.publish(["team:t1"], "n", {"i": i}, TS, idempotency_key="k", ttl_s=60)
+                                     for i in range(5)))
+    assert all(answer == answers[0] for answer in answers)
+    assert [e.id for e in (await engine.history("team:t1", None, 10)).events] == [answers[0]["team:t1"]]
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_an_idempotency_key_publishes_again_once_its_answer_expired(io_loop: object, engine: Engine) -> None:
+    first = await engine.publish(["team:t1"], "n", {}, TS, idempotency_key="k", ttl_s=1)
+
+    async def published_again() -> bool:
+        return await engine.publish(["team:t1"], "n", {}, TS, idempotency_key="k", ttl_s=1) != first
+
+    await eventually(published_again, timeout=3, interval=0.1)
+    assert len((await engine.history("team:t1", None, 10)).events) == 2
 
 
 @pytest.mark.gen_test(timeout=10)

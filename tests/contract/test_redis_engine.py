@@ -1,22 +1,24 @@
-"""What only the Redis engine promises: outages, several nodes, durability, key prefixes.
+"""What only the Redis engine promises: outages, write refusals, lost replies, load,
+several nodes, durability, key prefixes.
 
-Every test runs against a real ``redis-server``; the ones that stop, kill or inspect it
-get one of their own (``own_redis_server``).
+Every test runs against a real ``redis-server``; the ones that stop, kill, reconfigure or
+inspect it get one of their own (``own_redis_server``).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Awaitable, Callable
 
 import pytest
 import redis
 
 from renum_rt import protocol
-from renum_rt.engines.base import Engine, EngineUnavailable, Event, Replay, Retention
+from renum_rt.engines.base import AckRefused, Engine, EngineUnavailable, Event, Replay, Retention
 from renum_rt.ids import parse_id
 from tests.support.redis_server import RedisServer
 
-from .conftest import Feed, OpenEngine, eventually
+from .conftest import Feed, LogRecords, LossyProxy, OpenEngine, eventually
 
 TS = 1_700_000_000_000
 
@@ -30,9 +32,7 @@ def every_call(engine: Engine) -> dict[str, Callable[[], Awaitable[Any]]]:
         "ack": lambda: engine.ack("team:t1", "1-0"),  # after the publish above: not beyond the newest
         "cursor": lambda: engine.cursor("user:u1"),
         "control": lambda: engine.control({"type": "noop"}),
-        "idempotency_claim": lambda: engine.idempotency_claim("k", 60),
-        "idempotency_store": lambda: engine.idempotency_store("k", {}, 60),
-        "idempotency_release": lambda: engine.idempotency_release("k"),
+        "publish with a key": lambda: engine.publish(["team:t1"], "n", {}, TS, idempotency_key="k", ttl_s=60),
         "heartbeat": lambda: engine.heartbeat("n1", {}, 30),
         "nodes": lambda: engine.nodes(),
         "connection_opened": lambda: engine.connection_opened("n1", "u1", 5),
@@ -40,9 +40,17 @@ def every_call(engine: Engine) -> dict[str, Callable[[], Awaitable[Any]]]:
     }
 
 
+async def healthy(engine: Engine) -> bool:
+    return await engine.ping()
+
+
+async def unhealthy(engine: Engine) -> bool:
+    return not await engine.ping()
+
+
 @pytest.mark.gen_test(timeout=20)
 async def test_every_method_is_unavailable_while_redis_is_down_then_recovers(
-    io_loop: object, own_redis_server: RedisServer, open_engine: OpenEngine
+    io_loop: object, own_redis_server: RedisServer, open_engine: OpenEngine, engine_log: LogRecords
 ) -> None:
     engine = await open_engine("redis", Feed(), url=own_redis_server.url)
     calls = every_call(engine)
@@ -54,8 +62,12 @@ async def test_every_method_is_unavailable_while_redis_is_down_then_recovers(
         with pytest.raises(EngineUnavailable):
             await call()
             pytest.fail(f"{name} did not raise EngineUnavailable")
+    # each refusal was logged once, with its command and reason (never the data)
+    logged = [line for line in engine_log.lines("engine unavailable") if line["command"] != "ping"]
+    assert sorted(line["command"] for line in logged) == sorted(name.split()[0] for name in calls)
+    assert all(line["level"] == "WARNING" and line["reason"] for line in logged)
     own_redis_server.start()
-    assert await engine.ping() is True
+    await eventually(lambda: healthy(engine))  # ping probes at most once a second
     for call in calls.values():
         await call()
 
@@ -135,8 +147,7 @@ async def test_data_survives_a_redis_crash(
     before = await open_engine("redis", Feed(), url=own_redis_server.url)
     ids = [await before.publish(["user:u1", "execution:e1"], "n", {"i": i}, TS + i) for i in range(3)]
     await before.ack("user:u1", ids[1]["user:u1"])
-    await before.idempotency_claim("k1", 600)
-    await before.idempotency_store("k1", {"ids": ids[0]}, 600)
+    kept = await before.publish(["user:u1"], "n", {"i": 3}, TS, idempotency_key="k1", ttl_s=600)
     history = await before.history("user:u1", None, 10)
     latest = await before.latest("execution:e1")
 
@@ -149,9 +160,9 @@ async def test_data_survives_a_redis_crash(
         assert await engine.history("user:u1", ids[0]["user:u1"], 10) == Replay(history.events[1:], True)
         assert await engine.latest("execution:e1") == latest
         assert await engine.cursor("user:u1") == ids[1]["user:u1"]
-        assert await engine.idempotency_claim("k1", 600) == {"ids": ids[0]}
+        assert await engine.publish(["user:u1"], "n", {}, TS, idempotency_key="k1", ttl_s=600) == kept
     new = await after.publish(["user:u1"], "n", {}, TS)
-    assert parse_id(new["user:u1"]) > parse_id(ids[-1]["user:u1"])
+    assert parse_id(new["user:u1"]) > parse_id(kept["user:u1"])
 
 
 @pytest.mark.gen_test(timeout=10)
@@ -183,21 +194,20 @@ async def test_key_prefixes_isolate_deployments(
     a = await open_engine("redis", feed_a, Retention(max_len=10, max_age_s=60), url=url, prefix="one:")
     b = await open_engine("redis", feed_b, Retention(max_len=10, max_age_s=60), url=url, prefix="two:")
 
-    ids = await a.publish(["team:t1", "execution:e1", "user:u1", "admin"], "n", {}, TS)
+    ids = await a.publish(["team:t1", "execution:e1", "user:u1", "admin"], "n", {}, TS, idempotency_key="k1")
     await a.ack("user:u1", ids["user:u1"])
     await a.control({"type": "hello"})
-    assert await a.idempotency_claim("k1", 60) is None
     await a.heartbeat("n1", {"node": "n1"}, 30)
     assert await a.connection_opened("n1", "u1", 1)
 
     assert await b.history("team:t1", None, 10) == Replay([], True)
     assert await b.latest("execution:e1") is None
     assert await b.cursor("user:u1") is None
-    assert await b.idempotency_claim("k1", 60) is None
     assert await b.nodes() == []
     await b.heartbeat("n1", {"node": "n1"}, 30)
     assert await b.connection_opened("n1", "u1", 1)
-    own = await b.publish(["team:t1"], "n", {}, TS)
+    own = await b.publish(["team:t1"], "n", {}, TS, idempotency_key="k1")  # a's key is not b's
+    assert [e.id for e in (await b.history("team:t1", None, 10)).events] == [own["team:t1"]]
     # b's own event arrives after anything of a's that Redis would have delivered to b
     await feed_b.wait_for(lambda: len(feed_b.events) >= 1)
     assert [event_id for _, event_id, _ in feed_b.events] == [own["team:t1"]] and feed_b.controls == []
@@ -208,3 +218,111 @@ async def test_key_prefixes_isolate_deployments(
         channels = sorted(channel.decode() for channel in raw.pubsub_channels())
     assert keys and all(key.startswith(("one:", "two:")) for key in keys), keys
     assert channels == ["one:control", "one:fanout", "two:control", "two:fanout"]
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_a_lost_reply_never_stores_a_publish_twice(
+    io_loop: object, lossy_proxy: LossyProxy, open_engine: OpenEngine, engine_log: LogRecords
+) -> None:
+    engine = await open_engine("redis", Feed(), url=lossy_proxy.url)
+    first = await engine.publish(["team:t1"], "n", {"try": 0}, TS)  # loads the script, pools a connection
+
+    lossy_proxy.lose_reply_to(b"EVALSHA")
+    with pytest.raises(EngineUnavailable):  # Redis stored it, but the answer never came back ...
+        await engine.publish(["team:t1"], "n", {"try": 1}, TS)
+    stored = [e.id for e in (await engine.history("team:t1", None, 10)).events]
+    assert len(stored) == 2  # ... and without a key it was not sent again
+    assert [line["command"] for line in engine_log.lines("engine unavailable")] == ["publish"]
+
+    lossy_proxy.lose_reply_to(b"EVALSHA")
+    ids = await engine.publish(["team:t1"], "n", {"try": 2}, TS, idempotency_key="k")
+    # with a key, the engine sent it again and got the ids of the copy Redis stored
+    assert [e.id for e in (await engine.history("team:t1", None, 10)).events] == [*stored, ids["team:t1"]]
+    assert lossy_proxy.lost == 2 and stored[0] == first["team:t1"]
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_reads_and_acks_are_tried_again_after_a_lost_connection(
+    io_loop: object, lossy_proxy: LossyProxy, open_engine: OpenEngine
+) -> None:
+    engine = await open_engine("redis", Feed(), url=lossy_proxy.url)
+    ids = await engine.publish(["user:u1", "execution:e1"], "n", {}, TS)
+    await engine.ack("user:u1", ids["user:u1"])
+    for command, call in [(b"EVALSHA", lambda: engine.history("user:u1", None, 10)),
+                          (b"GET", lambda: engine.cursor("user:u1")),
+                          (b"HGETALL", lambda: engine.latest("execution:e1")),
+                          (b"EVALSHA", lambda: engine.ack("user:u1", ids["user:u1"]))]:
+        lossy_proxy.lose_reply_to(command)
+        assert await call(), command
+    assert lossy_proxy.lost == 4
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_a_burst_waits_for_a_bounded_pool_instead_of_failing(
+    io_loop: object, own_redis_server: RedisServer, open_engine: OpenEngine
+) -> None:
+    engine = await open_engine("redis", Feed(), url=own_redis_server.url, pool_size=4)
+    users = [f"user:u{i}" for i in range(500)]
+    ids = await engine.publish(users, "n", {}, TS)
+    # 500 users acking 3 events each, and 500 replays, all at once
+    answers = await asyncio.gather(*(engine.ack(user, ids[user]) for user in users for _ in range(3)),
+                                   *(engine.history(user, None, 10) for user in users), return_exceptions=True)
+    failures = [answer for answer in answers if isinstance(answer, Exception)]
+    assert not failures, f"{len(failures)} of {len(answers)} failed, e.g. {failures[0]!r}"
+    with redis.Redis(port=own_redis_server.port, socket_timeout=2) as admin:
+        assert admin.info("clients")["connected_clients"] <= 4 + 1  # the pool (pub/sub included), and this one
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_concurrent_acks_of_a_channel_are_one_script_call(
+    io_loop: object, own_redis_server: RedisServer, open_engine: OpenEngine
+) -> None:
+    engine = await open_engine("redis", Feed(), url=own_redis_server.url)
+    ids = [(await engine.publish(["user:u1"], "n", {"i": i}, TS))["user:u1"] for i in range(20)]
+    await engine.ack("user:u1", ids[0])  # the script is loaded
+    beyond = f"{parse_id(ids[-1])[0] + 60_000}-0"
+
+    def script_calls() -> int:
+        with redis.Redis(port=own_redis_server.port, socket_timeout=2) as admin:
+            return int(admin.info("commandstats")["cmdstat_evalsha"]["calls"])
+
+    before = script_calls()
+    answers = await asyncio.gather(*(engine.ack("user:u1", i) for i in reversed(ids)), engine.ack("user:u1", beyond),
+                                   return_exceptions=True)
+    assert script_calls() - before == 1
+    assert answers[:-1] == [ids[-1]] * len(ids)  # the newest wins, for every caller
+    assert isinstance(answers[-1], AckRefused)  # and only the ack past the newest event is refused
+    assert await engine.cursor("user:u1") == ids[-1]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_redis_that_refuses_writes_is_unavailable_and_unhealthy(
+    io_loop: object, own_redis_server: RedisServer, open_engine: OpenEngine, engine_log: LogRecords
+) -> None:
+    engine = await open_engine("redis", Feed(), url=own_redis_server.url)
+    stored = await engine.publish(["user:u1", "admin"], "n", {}, TS)
+    stream = f"{engine._prefix}s:user:u1"
+    primary = RedisServer()
+    primary.start()
+    admin = redis.Redis(port=own_redis_server.port, socket_timeout=5)
+    try:
+        for refuse, allow, code in [
+            (lambda: admin.config_set("maxmemory", 1), lambda: admin.config_set("maxmemory", 0), "OOM"),
+            (lambda: admin.replicaof("127.0.0.1", primary.port), lambda: admin.replicaof("NO", "ONE"), "READONLY"),
+        ]:
+            count = admin.xlen(stream)
+            refuse()
+            await eventually(lambda: unhealthy(engine))
+            with pytest.raises(EngineUnavailable, match=code):
+                await engine.publish(["user:u1", "admin"], "n", {}, TS)
+            with pytest.raises(EngineUnavailable, match=code):
+                await engine.ack("user:u1", stored["user:u1"])
+            assert {line["command"] for line in engine_log.lines("engine unavailable")} >= {"publish", "ack", "ping"}
+            assert admin.xlen(stream) <= count  # nothing stored (a replica ends up with its primary's data)
+            allow()
+            await eventually(lambda: healthy(engine))
+            stored = await engine.publish(["user:u1", "admin"], "n", {}, TS)
+            assert await engine.ack("user:u1", stored["user:u1"]) == stored["user:u1"]
+    finally:
+        admin.close()
+        primary.cleanup()

@@ -1,8 +1,9 @@
-"""Redis outages: the gateway degrades cleanly while ``redis-server`` is down and recovers by itself.
+"""Redis outages: the gateway degrades cleanly while ``redis-server`` is down, stalled or
+refusing writes, and recovers by itself.
 
-Two real ``server.py`` processes share a ``redis-server`` of the test alone (its own port
-and directory, ``appendfsync always``). The test stops that ``redis-server`` (SIGTERM),
-checks what clients and services see meanwhile, then starts it again on the same port,
+Real ``server.py`` processes share a ``redis-server`` of the test alone (its own port and
+directory, ``appendfsync always``). The first tests stop that ``redis-server`` (SIGTERM),
+check what clients and services see meanwhile, then start it again on the same port,
 without touching the gateways:
 
 - Redis down: ``/healthz`` answers 503 on every node, ``POST /api/v1/publish`` answers 503
@@ -14,6 +15,15 @@ without touching the gateways:
   node, and everything accepted before the outage is still delivered;
 - an event accepted in the moments after Redis answers again, before a node's pub/sub feed is
   back, still reaches that node's subscribers, even on a channel that had no event yet.
+
+Then Redis stays up but misbehaves:
+
+- it stalls (``DEBUG SLEEP``) while a publish with an ``Idempotency-Key`` is in flight: the
+  request answers 503, Redis runs it once it wakes up, and the retry with the same key gets
+  that event's ids (no 409, no second copy);
+- it refuses writes (out of memory with ``noeviction``, then a read-only replica):
+  ``/healthz`` and publish answer 503 with nothing stored, acks answer ``unavailable``,
+  connections are still welcomed; once it takes writes again everything is 200.
 
 Every wait is a poll or a frame awaited with a deadline.
 """
@@ -51,14 +61,24 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
+def gateway_env(redis_server: RedisServer) -> dict[str, str]:
+    return {"RENUM_RT_JWT_SECRET": SECRET, "RENUM_RT_API_KEY": API_KEY, "RENUM_RT_REDIS_URL": redis_server.url,
+            "RENUM_RT_LOG_LEVEL": "warning"}
+
+
 @pytest.fixture
 def nodes(own_redis_server: RedisServer) -> Iterator[tuple[ServerProcess, ServerProcess]]:
-    env = {"RENUM_RT_JWT_SECRET": SECRET, "RENUM_RT_API_KEY": API_KEY, "RENUM_RT_REDIS_URL": own_redis_server.url,
-           "RENUM_RT_LOG_LEVEL": "warning"}
-    a, b = ServerProcess(env).start(), ServerProcess(env).start()
+    a, b = ServerProcess(gateway_env(own_redis_server)).start(), ServerProcess(gateway_env(own_redis_server)).start()
     yield a, b
     for node in (a, b):
         node.stop()
+
+
+@pytest.fixture
+def node(own_redis_server: RedisServer) -> Iterator[ServerProcess]:
+    one = ServerProcess(gateway_env(own_redis_server)).start()
+    yield one
+    one.stop()
 
 
 async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
@@ -204,7 +224,7 @@ async def test_events_published_before_the_feed_is_back_reach_quiet_channels(
     await in_thread(own_redis_server.stop)
 
     async def backed_off() -> bool:  # A's pub/sub listener now waits its longest backoff before retrying
-        return "retrying in 2.0 s" in a.log()
+        return '"retry_in_s":2.0' in a.log()
 
     await eventually(backed_off, what="the pub/sub listener of A at its longest backoff")
     await in_thread(own_redis_server.start)
@@ -220,3 +240,82 @@ async def test_events_published_before_the_feed_is_back_reach_quiet_channels(
     # once A's pub/sub is back (within its 2 s backoff) and A has re-read what it missed
     assert await events(on_a, 2, timeout=5) == {channel: [ids[channel]], own: [ids[own]]}
     on_a.close()
+
+
+async def answers(node: ServerProcess, status: int) -> bool:
+    return (await health(node))[0] == status
+
+
+@pytest.mark.gen_test(timeout=40)
+async def test_a_stall_never_blocks_an_idempotency_key_nor_publishes_twice(
+    own_redis_server: RedisServer, node: ServerProcess
+) -> None:
+    user = new_id("u")
+    own = f"user:{user}"
+    client = await connect(node.ws_url, token(user))
+    first = await accepted(node, {"users": [user], "event": "tick", "data": {"n": 0}})  # pools a connection
+    assert (await client.recv_type("event"))["id"] == first[own]
+
+    def asleep() -> bool:
+        with redis.Redis(port=own_redis_server.port, socket_timeout=0.2, retry=None) as probe:
+            try:
+                probe.ping()
+            except redis.TimeoutError:
+                return True
+        return False
+
+    with redis.Redis(port=own_redis_server.port, socket_timeout=30) as admin:
+        # longer than the engine's timeout, twice (it retries a publish that has a key)
+        stall = asyncio.ensure_future(in_thread(admin.execute_command, "DEBUG", "SLEEP", "6"))
+        await eventually(lambda: in_thread(asleep), what="redis-server asleep")
+        body = {"users": [user], "event": "tick", "data": {"n": 1}}
+        code, answer = await publish(node, body, **{"Idempotency-Key": "stalled"})
+        assert (code, answer["error"]["code"]) == (503, "unavailable"), answer
+        await stall  # Redis wakes up and runs what it had received: the publish, its answer under the key
+
+    code, answer = await publish(node, body, **{"Idempotency-Key": "stalled"})
+    assert code == 200, answer  # never 409: no key is left "in progress"
+    ids = answer["ids"]
+    assert stored(own_redis_server, own) == [first[own], ids[own]]  # one copy, the one the retry names
+    assert (await client.recv_type("event"))["id"] == ids[own]
+    assert (await client.request({"type": "ping"}))["type"] == "pong"  # and nothing else came before it
+    client.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_redis_refusing_writes_answers_503_then_recovers(
+    own_redis_server: RedisServer, node: ServerProcess
+) -> None:
+    user = new_id("u")
+    own = f"user:{user}"
+    body = {"users": [user], "event": "tick", "data": {}}
+    client = await connect(node.ws_url, token(user))
+    last = (await accepted(node, body))[own]
+    assert (await client.recv_type("event"))["id"] == last
+    primary = RedisServer()
+    primary.start()
+    admin = redis.Redis(port=own_redis_server.port, socket_timeout=5)
+    try:
+        for refuse, allow in [
+            (lambda: admin.config_set("maxmemory", 1), lambda: admin.config_set("maxmemory", 0)),  # OOM, noeviction
+            (lambda: admin.replicaof("127.0.0.1", primary.port), lambda: admin.replicaof("NO", "ONE")),  # READONLY
+        ]:
+            before = stored(own_redis_server, own)
+            await in_thread(refuse)
+            await eventually(lambda: answers(node, 503), what="/healthz 503 while writes are refused")
+            for headers in ({}, {"Idempotency-Key": new_id("k")}):
+                code, answer = await publish(node, body, **headers)
+                assert (code, answer["error"]["code"]) == (503, "unavailable"), answer
+            assert set(stored(own_redis_server, own)) <= set(before)  # nothing stored
+            reply = await client.request({"type": "ack", "channel": own, "id": last})
+            assert (reply["type"], reply["code"]) == ("error", "unavailable"), reply
+            (await connect(node.ws_url, token(new_id("n")))).close()  # reads still work: welcomed
+            await in_thread(allow)
+            await eventually(lambda: answers(node, 200), timeout=RECOVERY_S, what="/healthz 200 again")
+            last = (await accepted(node, body))[own]
+            assert (await client.recv_type("event"))["id"] == last
+            assert (await client.request({"type": "ack", "channel": own, "id": last}))["type"] == "ok"
+    finally:
+        admin.close()
+        primary.cleanup()
+    client.close()

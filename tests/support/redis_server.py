@@ -56,6 +56,7 @@ class RedisServer:
                 "--save", "",
                 "--daemonize", "no",
                 "--logfile", str(self.dir / "redis.log"),
+                "--enable-debug-command", "local",  # DEBUG SLEEP: a stalled Redis, on purpose
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
