@@ -21,10 +21,9 @@ import secrets
 import signal
 import sys
 
-import tornado.httpserver
-
 from . import __version__
 from .config import ConfigError, Settings, load, with_changes
+from .httpserver import HTTPServer, http_server_options
 from .logs import log, setup
 from .protocol.errors import CLOSE_RESTART
 
@@ -75,8 +74,7 @@ async def serve(settings: Settings) -> None:
 
     node = Node(settings)
     await node.start()
-    server = tornado.httpserver.HTTPServer(node.app, xheaders=True,
-                                           max_body_size=max(4 * settings.http_max_body_bytes, 1 << 20))
+    server = HTTPServer(node.app, **http_server_options(settings))
     server.listen(settings.port, settings.host)
     log(logging.INFO, "listening", host=settings.host, port=settings.port, engine=node.gateway.engine.name,
         node=node.gateway.node_id, version=__version__)

@@ -9,6 +9,7 @@ A bad value stops the server at start with a message naming the key, never later
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import tomllib
@@ -52,6 +53,16 @@ class Settings:
     http_burst: int = 2000
     idempotency_ttl_s: int = 24 * 3600
     max_users_per_publish: int = 1000
+
+    # -- HTTP connections
+    #: seconds a client has to send a request's headers (an idle keep-alive connection
+    #: is closed after it too) ...
+    http_header_timeout_s: float = 10.0
+    #: ... and its body: slow clients cannot hold connections open
+    http_body_timeout_s: float = 30.0
+    #: addresses or networks (CIDR) of the proxies whose X-Forwarded-For / X-Real-Ip is
+    #: believed; from any other peer, the peer's address is the client's
+    trusted_proxies: tuple[str, ...] = ()
 
     # -- connections
     rate: float = 50.0
@@ -161,7 +172,7 @@ def _validate(s: Settings) -> None:
                 "max_connections_per_user", "max_connections_per_address", "idle_timeout", "heartbeat_ms",
                 "max_write_buffer_bytes", "replay_limit", "history_max_len", "http_max_body_bytes",
                 "http_rate", "http_burst", "auth_timeout_s", "flood_close_after", "max_users_per_publish",
-                "redis_pool_size"]
+                "redis_pool_size", "http_header_timeout_s", "http_body_timeout_s"]
     for name in positive:
         if getattr(s, name) <= 0:
             raise ConfigError(f"setting {name!r} must be greater than 0")
@@ -176,6 +187,12 @@ def _validate(s: Settings) -> None:
         raise ConfigError("setting 'log_level' must be one of debug, info, warning, error")
     if s.jwt_public_key and s.jwks_url:
         raise ConfigError("set RENUM_RT_JWT_PUBLIC_KEY or RENUM_RT_JWKS_URL, not both")
+    for entry in s.trusted_proxies:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(f"setting 'trusted_proxies': {entry!r} is not an address or a network "
+                              "such as 10.0.0.0/8") from None
 
 
 def with_changes(settings: Settings, **changes: Any) -> Settings:

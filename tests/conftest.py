@@ -13,11 +13,11 @@ import uuid
 from typing import Any, Callable, Iterator
 
 import pytest
-import tornado.httpserver
 
 from renum_rt.app import Node
 from renum_rt.auth import issue_token
 from renum_rt.config import Settings
+from renum_rt.httpserver import HTTPServer, http_server_options
 from tests.support.redis_server import RedisServer
 
 SECRET = "test-secret-" + "x" * 32
@@ -70,10 +70,11 @@ def app(node: Node) -> Any:
 
 
 @pytest.fixture
-def http_server(io_loop: Any, _unused_port: Any, app: Any) -> Iterator[Any]:
+def http_server(io_loop: Any, _unused_port: Any, app: Any, settings: Settings) -> Iterator[Any]:
     """pytest-tornado's server, with ``app`` as a declared dependency so that the
-    engine parametrization reaches every test that talks to the server."""
-    server = tornado.httpserver.HTTPServer(app)
+    engine parametrization reaches every test that talks to the server; built with
+    the options the command uses (timeouts, sizes, trusted proxies)."""
+    server = HTTPServer(app, **http_server_options(settings))
     server.add_socket(_unused_port[0])
     yield server
     server.stop()

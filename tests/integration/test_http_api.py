@@ -9,11 +9,13 @@ from urllib.parse import urlsplit
 
 import pytest
 import ujson
+from tornado.httpclient import AsyncHTTPClient
 
 from renum_rt.engines import EngineUnavailable
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, SECRET
 from tests.integration.test_ws_basic import publish
 from tests.support.schemas import load
+from tests.support.server_process import ServerProcess
 from tests.support.wsclient import connect
 
 STATUS = {"execution_id": "e1", "team_id": "t1", "status": "failed", "progress": 60,
@@ -337,7 +339,7 @@ def failure_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
 @pytest.mark.gen_test
 async def test_every_5xx_logs_why(http_client: Any, base_url: str, node: Any, monkeypatch: pytest.MonkeyPatch,
                                   caplog: pytest.LogCaptureFixture, raised: Exception, status: int) -> None:
-    async def failing(*args: Any) -> dict[str, str]:
+    async def failing(*args: Any, **kwargs: Any) -> dict[str, str]:
         raise raised
 
     monkeypatch.setattr(node.gateway.engine, "publish", failing)
@@ -365,3 +367,93 @@ async def test_admin_503_logs_why(http_client: Any, base_url: str, node: Any, to
     [line] = failure_lines(caplog)
     assert line["path"] == "/admin/api/stats" and line["error"] == "EngineUnavailable" and "Timeout" in line["reason"]
     assert admin not in caplog.text
+
+
+async def closed_by_server(base_url: str, sent: bytes, within: float = 5.0) -> bool:
+    """Send ``sent`` and nothing more: True once the server closes the connection."""
+    address = urlsplit(base_url)
+    reader, writer = await asyncio.open_connection(address.hostname, address.port)
+    writer.write(sent)
+    try:
+        await asyncio.wait_for(reader.read(), within)  # b"" at the close: the request was never answered
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        writer.close()
+
+
+@pytest.mark.settings(http_header_timeout_s=0.3)
+@pytest.mark.gen_test
+async def test_headers_sent_too_slowly_close_the_connection(http_server: Any, base_url: str) -> None:
+    assert await closed_by_server(base_url, b"POST /api/v1/publish HTTP/1.1\r\nHost: x\r\n")
+
+
+@pytest.mark.settings(http_body_timeout_s=0.3)
+@pytest.mark.gen_test
+async def test_a_body_sent_too_slowly_closes_the_connection(http_server: Any, base_url: str) -> None:
+    head = (f"POST /api/v1/publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"event\"")
+    assert await closed_by_server(base_url, head.encode())
+
+
+async def seen_address(http_client: Any, base_url: str, caplog: pytest.LogCaptureFixture, **headers: str) -> str:
+    """The client address the server saw for one request (its access log line)."""
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="renum_rt"):
+        await http_client.fetch(base_url + "/healthz", headers={k.replace("_", "-"): v for k, v in headers.items()})
+    [line] = [r.fields for r in caplog.records if r.getMessage() == "http"]  # type: ignore[attr-defined]
+    return str(line["ip"])
+
+
+@pytest.mark.gen_test
+async def test_forwarding_headers_from_an_untrusted_peer_are_ignored(
+    http_client: Any, base_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert await seen_address(http_client, base_url, caplog, X_Forwarded_For="203.0.113.7") == "127.0.0.1"
+    assert await seen_address(http_client, base_url, caplog, X_Real_Ip="203.0.113.7") == "127.0.0.1"
+
+
+@pytest.mark.settings(trusted_proxies=("10.0.0.0/8", "::1"))
+@pytest.mark.gen_test
+async def test_forwarding_headers_from_a_peer_outside_trusted_proxies_are_ignored(
+    http_client: Any, base_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert await seen_address(http_client, base_url, caplog, X_Forwarded_For="203.0.113.7") == "127.0.0.1"
+
+
+@pytest.mark.settings(trusted_proxies=("127.0.0.1",))
+@pytest.mark.gen_test
+async def test_a_trusted_proxy_names_the_client(
+    http_client: Any, base_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert await seen_address(http_client, base_url, caplog, X_Forwarded_For="203.0.113.7") == "203.0.113.7"
+    assert await seen_address(http_client, base_url, caplog, X_Real_Ip="198.51.100.2") == "198.51.100.2"
+    # the next request on the server is judged on its own headers
+    assert await seen_address(http_client, base_url, caplog) == "127.0.0.1"
+
+
+@pytest.mark.settings(trusted_proxies=("127.0.0.0/8",))
+@pytest.mark.gen_test
+async def test_a_chain_of_trusted_proxies_names_the_client(
+    http_client: Any, base_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Load balancer, then a local proxy: the addresses of trusted networks are skipped."""
+    assert await seen_address(http_client, base_url, caplog,
+                              X_Forwarded_For="198.51.100.9, 203.0.113.7, 127.0.0.9") == "203.0.113.7"
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_the_command_bounds_slow_clients_and_ignores_untrusted_forwarding() -> None:
+    """renum-rt as a process builds its server from the same options."""
+    server = ServerProcess({"RENUM_RT_JWT_SECRET": SECRET, "RENUM_RT_API_KEY": API_KEY,
+                            "RENUM_RT_HTTP_HEADER_TIMEOUT_S": "0.5"}).start()
+    try:
+        assert await closed_by_server(server.url, b"GET /healthz HTTP/1.1\r\n")
+        response = await AsyncHTTPClient().fetch(server.url + "/nowhere", headers={"X-Forwarded-For": "203.0.113.7"},
+                                                 raise_error=False)
+        assert response.code == 404
+    finally:
+        server.stop()
+    lines = [ujson.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    assert [line["ip"] for line in lines if line["msg"] == "http" and line["path"] == "/nowhere"] == ["127.0.0.1"]

@@ -264,3 +264,32 @@ def test_with_changes_copies() -> None:
 
 def test_exports() -> None:
     assert set(config.__all__) == {"ConfigError", "Settings", "load", "with_changes"}
+
+
+# ---------------------------------------------------------------- HTTP connections
+
+
+def test_http_connection_defaults() -> None:
+    s = Settings()
+    assert (s.http_header_timeout_s, s.http_body_timeout_s, s.trusted_proxies) == (10.0, 30.0, ())
+
+
+def test_trusted_proxies_from_env_and_toml(tmp_path: Path) -> None:
+    assert load(env={"RENUM_RT_TRUSTED_PROXIES": "10.0.0.1, 10.1.0.0/16,fd00::/8"}).trusted_proxies == (
+        "10.0.0.1", "10.1.0.0/16", "fd00::/8")
+    assert load(write(tmp_path, 'trusted_proxies = ["192.168.0.0/24"]\n'), env={}).trusted_proxies == ("192.168.0.0/24",)
+
+
+@pytest.mark.parametrize("raw", ["proxy.internal", "10.0.0.0/33", "10.0.0.1,nope"])
+def test_bad_trusted_proxy_is_refused_naming_the_setting(raw: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(env={"RENUM_RT_TRUSTED_PROXIES": raw})
+    assert "trusted_proxies" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["http_header_timeout_s", "http_body_timeout_s"])
+@pytest.mark.parametrize("raw", ["0", "-1", "nan"])
+def test_http_timeouts_must_be_positive(name: str, raw: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(env={f"RENUM_RT_{name.upper()}": raw})
+    assert repr(name) in str(info.value)
