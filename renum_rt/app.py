@@ -8,7 +8,10 @@ the code under test is the code that runs.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
+import re
 import time
 from typing import Any
 
@@ -33,10 +36,47 @@ STATIC = static_dir()
 
 
 class AdminPageHandler(tornado.web.RequestHandler):
+    """``GET /admin``: the admin page, which an admin fills with a token, so it must
+    not be framed (clickjacking), sniffed as another type, leak its URL to other
+    sites, or run code that is not this server's own.
+
+    The page's script and style are inline: the Content-Security-Policy names each
+    block by its SHA-256 hash (computed from the bytes served), so they run and any
+    other inline code, an injected one included, does not. ``connect-src`` allows
+    this server only: its API, and its WebSocket on the host the page was loaded from.
+    """
+
+    _INLINE = re.compile(rb"<(script|style)\b([^>]*)>(.*?)</\1>", re.DOTALL | re.IGNORECASE)
+    _HOST = re.compile(r"[A-Za-z0-9.-]+(?::\d+)?|\[[0-9A-Fa-f:.]+\](?::\d+)?")
+
     def get(self) -> None:
+        page = (STATIC / "admin.html").read_bytes()
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
-        self.finish((STATIC / "admin.html").read_bytes())
+        self.set_header("X-Frame-Options", "DENY")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Referrer-Policy", "no-referrer")
+        self.set_header("Content-Security-Policy", self.policy(page, self.request.host))
+        self.finish(page)
+
+    @classmethod
+    def policy(cls, page: bytes, host: str) -> str:
+        """The Content-Security-Policy of ``page`` served to a browser that reached us as ``host``."""
+        hashes: dict[bytes, list[str]] = {b"script": [], b"style": []}
+        for kind, attributes, body in cls._INLINE.findall(page):
+            if b"src=" not in attributes.lower():
+                hashes[kind.lower()].append("'sha256-%s'" % base64.b64encode(hashlib.sha256(body).digest()).decode())
+        sockets = f" ws://{host} wss://{host}" if cls._HOST.fullmatch(host) else ""
+        return "; ".join([
+            "default-src 'none'",
+            " ".join(["script-src 'self'", *hashes[b"script"]]),
+            " ".join(["style-src 'self'", *hashes[b"style"]]),
+            f"connect-src 'self'{sockets}",
+            "img-src 'self'",
+            "base-uri 'none'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        ])
 
 
 def make_app(gateway: Gateway) -> tornado.web.Application:

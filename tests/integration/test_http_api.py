@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import logging
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -457,3 +460,33 @@ async def test_the_command_bounds_slow_clients_and_ignores_untrusted_forwarding(
         server.stop()
     lines = [ujson.loads(line) for line in server.log().splitlines() if line.startswith("{")]
     assert [line["ip"] for line in lines if line["msg"] == "http" and line["path"] == "/nowhere"] == ["127.0.0.1"]
+
+
+@pytest.mark.parametrize("path", ["/admin", "/admin/"])
+@pytest.mark.gen_test
+async def test_the_admin_page_cannot_be_framed_sniffed_or_injected(http_client: Any, base_url: str, path: str) -> None:
+    response = await http_client.fetch(base_url + path)
+    headers = response.headers
+    assert (headers["X-Frame-Options"], headers["X-Content-Type-Options"], headers["Referrer-Policy"]) == (
+        "DENY", "nosniff", "no-referrer")
+    csp = headers["Content-Security-Policy"]
+    policy = {name: value.split() for name, _, value in (part.strip().partition(" ") for part in csp.split(";"))}
+    host = urlsplit(base_url).netloc
+    assert policy["default-src"] == policy["frame-ancestors"] == policy["base-uri"] == ["'none'"]
+    assert policy["connect-src"] == ["'self'", f"ws://{host}", f"wss://{host}"]
+    assert "unsafe" not in csp and "*" not in csp
+    # the page's own inline script and style, and nothing else, are allowed, by hash
+    inline = re.findall(rb"<(script|style)\b[^>]*>(.*?)</\1>", response.body, re.DOTALL)
+    assert {kind for kind, _ in inline} == {b"script", b"style"}
+    for kind, body in inline:
+        digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
+        assert policy[f"{kind.decode()}-src"] == ["'self'", f"'sha256-{digest}'"]
+
+
+@pytest.mark.gen_test
+async def test_json_answers_are_not_sniffed(http_client: Any, base_url: str) -> None:
+    answers = [await publish(http_client, base_url, {"users": ["a"], "event": "x.y", "data": {}}),
+               await publish(http_client, base_url, {"users": ["a"]}),
+               await http_client.fetch(base_url + "/nowhere", raise_error=False),
+               await http_client.fetch(base_url + "/healthz")]
+    assert [a.headers.get("X-Content-Type-Options") for a in answers] == ["nosniff"] * 4
