@@ -21,11 +21,13 @@ import tornado.web
 from .auth import Authenticator, TokenVerifier, http_jwks_fetcher
 from .config import Settings
 from .engines import EngineUnavailable, Retention, make_engine
+from .engines.inbox import InboxLimits
 from .gateway import Gateway
 from .handlers.admin import AdminBroadcastHandler, ConnectionsHandler, DisconnectHandler, StatsHandler
 from .handlers.base import NotFoundHandler
 from .handlers.api import BroadcastHandler, OpenApiHandler, PublishHandler
 from .handlers.health import HealthHandler
+from .handlers.notifications import CreateNotificationHandler, UserNotificationActionHandler, UserNotificationsHandler
 from .handlers.ws import WebSocketHandler
 from .limits import KeyedBuckets
 from .logs import access_log, log
@@ -88,6 +90,10 @@ def make_app(gateway: Gateway) -> tornado.web.Application:
         (r"/healthz", HealthHandler, g),
         (r"/api/v1/publish", PublishHandler, {**g, "buckets": buckets}),
         (r"/api/v1/broadcast", BroadcastHandler, {**g, "buckets": buckets}),
+        (r"/api/v1/notifications", CreateNotificationHandler, {**g, "buckets": buckets}),
+        (r"/api/v1/users/([^/]+)/notifications", UserNotificationsHandler, {**g, "buckets": buckets}),
+        (r"/api/v1/users/([^/]+)/notifications/(read|dismiss|read_all)", UserNotificationActionHandler,
+         {**g, "buckets": buckets}),
         (r"/api/v1/openapi.json", OpenApiHandler, g),
         (r"/admin/?", AdminPageHandler),
         (r"/admin/api/stats", StatsHandler, g),
@@ -114,9 +120,11 @@ class Node:
         self.settings = settings
         verifier = TokenVerifier(settings)
         fetch = http_jwks_fetcher(settings.jwks_url) if settings.jwks_url else None
+        inbox = InboxLimits(settings.inbox_max_per_user, settings.inbox_max_age_s, settings.inbox_global_max,
+                            settings.inbox_global_max_age_s)
         engine = make_engine(settings.redis_url or None,
                              Retention(settings.history_max_len, settings.history_max_age_s),
-                             prefix=settings.redis_prefix)
+                             prefix=settings.redis_prefix, pool_size=settings.redis_pool_size, inbox_limits=inbox)
         self.gateway = Gateway(settings, engine, Authenticator(verifier, fetch, settings.jwks_cache_s))
         self.app = make_app(self.gateway)
         self._callbacks: list[tornado.ioloop.PeriodicCallback] = []

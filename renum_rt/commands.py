@@ -9,12 +9,13 @@ here: it is handled before a connection is admitted (``Gateway.login``).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable, Literal
 
 from . import channels
 from .connections import Connection
 from .engines import EngineUnavailable
 from .engines.base import AckRefused
+from .engines.inbox import UnknownNotification
 from .logs import log
 from .protocol import ClientFrame, ProtocolError
 from .subscriptions import unavailable
@@ -90,10 +91,56 @@ async def refresh(gateway: Gateway, conn: Connection, frame: ClientFrame) -> Non
     conn.send({"type": "ok", "ref": frame.ref})
 
 
+async def _inbox(gateway: Gateway, conn: Connection, frame: ClientFrame, work: Awaitable[object]) -> object:
+    """Run an inbox operation of the connection's user; its failures as error frames."""
+    try:
+        return await work
+    except EngineUnavailable:
+        raise unavailable(frame.ref) from None
+    except UnknownNotification as exc:
+        raise ProtocolError("not_found", str(exc), ref=frame.ref, field="ids") from None
+
+
+async def notifications_list(gateway: Gateway, conn: Connection, frame: ClientFrame) -> None:
+    """One page of the inbox, newest first; ``limit`` is capped, not refused."""
+    user = conn.session.user_id
+    assert user is not None
+    limit = min(frame.get("limit", gateway.settings.notifications_page_default), gateway.settings.notifications_page_max)
+    page = await _inbox(gateway, conn, frame,
+                        gateway.notifications.list(user, frame.get("status"), limit, frame.get("cursor")))
+    conn.send({"type": "notifications", "ref": frame.ref, **page})  # type: ignore[dict-item]
+
+
+async def notifications_read(gateway: Gateway, conn: Connection, frame: ClientFrame) -> None:
+    await _mark(gateway, conn, frame, "read")
+
+
+async def notifications_dismiss(gateway: Gateway, conn: Connection, frame: ClientFrame) -> None:
+    await _mark(gateway, conn, frame, "dismissed")
+
+
+async def _mark(gateway: Gateway, conn: Connection, frame: ClientFrame, status: Literal["read", "dismissed"]) -> None:
+    user = conn.session.user_id
+    assert user is not None
+    await _inbox(gateway, conn, frame, gateway.notifications.mark(user, frame.fields["ids"], status))
+    conn.send({"type": "ok", "ref": frame.ref})
+
+
+async def notifications_read_all(gateway: Gateway, conn: Connection, frame: ClientFrame) -> None:
+    user = conn.session.user_id
+    assert user is not None
+    await _inbox(gateway, conn, frame, gateway.notifications.read_all(user, frame.get("before")))
+    conn.send({"type": "ok", "ref": frame.ref})
+
+
 COMMANDS: dict[str, Command] = {
     "ping": ping,
     "subscribe": subscribe,
     "unsubscribe": unsubscribe,
     "ack": ack,
     "refresh": refresh,
+    "notifications.list": notifications_list,
+    "notifications.read": notifications_read,
+    "notifications.dismiss": notifications_dismiss,
+    "notifications.read_all": notifications_read_all,
 }

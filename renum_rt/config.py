@@ -90,6 +90,16 @@ class Settings:
     history_max_age_s: int = 7 * 24 * 3600
     node_heartbeat_s: float = 2.0
 
+    # -- notifications
+    #: create notifications from published execution.status (final) and team events
+    notifications_from_events: bool = True
+    inbox_max_per_user: int = 1000
+    inbox_max_age_s: int = 90 * 24 * 3600
+    inbox_global_max: int = 200
+    inbox_global_max_age_s: int = 30 * 24 * 3600
+    notifications_page_default: int = 20
+    notifications_page_max: int = 100
+
     # -- logging
     log_level: str = "info"
 
@@ -136,7 +146,13 @@ def _convert(name: str, raw: Any) -> Any:
             if not isinstance(raw, str):
                 raise ValueError
             return raw
-    except (TypeError, ValueError):
+        if kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            words = {"true": True, "1": True, "yes": True, "on": True,
+                     "false": False, "0": False, "no": False, "off": False}
+            return words[str(raw).strip().lower()]
+    except (TypeError, ValueError, KeyError):
         pass
     raise ConfigError(f"setting {name!r} ({ENV_PREFIX}{name.upper()}): {raw!r} is not a valid {kind}")
 
@@ -172,7 +188,9 @@ def _validate(s: Settings) -> None:
                 "max_connections_per_user", "max_connections_per_address", "idle_timeout", "heartbeat_ms",
                 "max_write_buffer_bytes", "replay_limit", "history_max_len", "http_max_body_bytes",
                 "http_rate", "http_burst", "auth_timeout_s", "flood_close_after", "max_users_per_publish",
-                "redis_pool_size", "http_header_timeout_s", "http_body_timeout_s"]
+                "redis_pool_size", "http_header_timeout_s", "http_body_timeout_s",
+                "inbox_max_per_user", "inbox_max_age_s", "inbox_global_max",
+                "inbox_global_max_age_s", "notifications_page_default", "notifications_page_max"]
     for name in positive:
         if getattr(s, name) <= 0:
             raise ConfigError(f"setting {name!r} must be greater than 0")

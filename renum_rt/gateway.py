@@ -28,6 +28,7 @@ from .hub import Hub
 from .ids import is_valid_id
 from .logs import log
 from .metrics import Metrics
+from .notifications import Notifications
 from .protocol import ClientFrame, ProtocolError
 from .protocol.errors import CLOSE_RESTART, CLOSE_TOO_MANY
 from .publishing import publish
@@ -56,8 +57,14 @@ class Gateway:
         self.access = Access(auth, self.metrics, settings.jwt_leeway_s)
         self.cluster = Cluster(settings, engine, self.registry, self.hub, self.metrics)
         self.subscriptions = Subscriptions(settings, engine, self.hub, self.metrics, self.is_open, self._spawn)
+        self.notifications = Notifications(engine, self.registry, self._spawn)
         self._tasks: set[asyncio.Task[Any]] = set()
-        engine.set_listeners(self.hub.deliver, self.cluster.on_control, self.subscriptions.on_resync)
+        engine.set_listeners(self.hub.deliver, self._on_control, self.subscriptions.on_resync)
+
+    def _on_control(self, message: dict[str, Any]) -> None:
+        """A cluster-wide command: each part acts on the operations it knows."""
+        self.cluster.on_control(message)
+        self.notifications.on_control(message)
 
     @property
     def node_id(self) -> str:
@@ -102,7 +109,8 @@ class Gateway:
 
     async def open(self, conn: Connection) -> None:
         """Admit an authenticated connection: per-user cap, then ``welcome`` (always the
-        first frame), the durable user channel from its ack cursor, and ``system``.
+        first frame), the durable user channel from its ack cursor, ``unread_count``, and
+        ``system``.
 
         A connection is never left live without its backlog: if the user channel cannot
         be read, it is closed with 1012 so that the client reconnects and resumes."""
@@ -136,6 +144,7 @@ class Gateway:
                 log(logging.WARNING, "bad ack cursor ignored", conn=session.id, user=identity.user_id)
                 cursor = None
             await self.subscriptions.attach(conn, own, since=cursor, history=True, announce=session.welcome())
+            unread = (await self.engine.inbox.unread([identity.user_id], int(time.time() * 1000)))[identity.user_id]
         except (EngineUnavailable, ProtocolError):
             hub.remove(conn, channels.SYSTEM)
             if self.is_open(conn):
@@ -147,6 +156,9 @@ class Gateway:
             conn.close(CLOSE_RESTART, "internal error; reconnect")
             raise
         if self.is_open(conn):
+            if unread.version > session.unread_version:  # a newer count may have been pushed meanwhile
+                session.unread_version = unread.version
+                conn.send({"type": "unread_count", "count": unread.count})
             session.channels.add(channels.SYSTEM)
             self.subscriptions.flush(conn, hub.go_live(conn, channels.SYSTEM, None))
         else:
@@ -188,7 +200,18 @@ class Gateway:
 
     async def publish(self, targets: list[str], name: str, data: dict[str, Any],
                       idempotency_key: str | None) -> dict[str, Any]:
-        """Store and fan out one event (see ``publishing.publish``)."""
+        """Store and fan out one event (see ``publishing.publish``), then create the
+        notification it implies (``notifications.on_published``)."""
         answer = await publish(self.engine, targets, name, data, idempotency_key, self.settings.idempotency_ttl_s)
         self.metrics.published += 1
+        try:
+            await self.notifications.on_published(targets, name, data, idempotency_key,
+                                                  self.settings.notifications_from_events)
+        except EngineUnavailable:
+            # the event is stored, its notification is not: with a key, a retry is safe
+            # (the event is not stored twice) and creates it, so ask for one; without
+            # one, a retry would store the event twice
+            log(logging.WARNING, "event stored, its notification not", event=name, retry=idempotency_key is not None)
+            if idempotency_key is not None:
+                raise
         return answer

@@ -42,3 +42,37 @@ def next_id(last: IdKey, now_ms: int) -> IdKey:
     if now_ms > last[0]:
         return (now_ms, 0)
     return (last[0], last[1] + 1)
+
+
+# ---------------------------------------------------------------- notification ids
+# ``"<ms>-<seq>"`` for a user's own notifications, ``"g<ms>-<seq>"`` for global ones,
+# from one generator, so that both kinds merge into one order (engines/inbox.py).
+
+#: notification ids handed out in one millisecond before the generator moves to the next
+NOTIFICATION_SEQ = 1024
+
+
+def parse_notification_id(notification_id: str) -> tuple[bool, int, int]:
+    """``(is_global, ms, seq)``; ``ValueError`` for anything else."""
+    is_global = notification_id.startswith("g")
+    ms, sep, seq = notification_id[1 if is_global else 0:].partition("-")
+    if not (sep and ms.isascii() and ms.isdigit() and seq.isascii() and seq.isdigit()
+            and len(ms) <= 15 and len(seq) <= 4 and int(seq) < NOTIFICATION_SEQ):
+        raise ValueError(f"not a notification id: {notification_id[:48]!r}")
+    return is_global, int(ms), int(seq)
+
+
+def notification_key(notification_id: str) -> int:
+    """The order of a notification id (newer is larger); ``ValueError`` if malformed."""
+    _, ms, seq = parse_notification_id(notification_id)
+    return ms * NOTIFICATION_SEQ + seq
+
+
+def is_notification_id(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        parse_notification_id(value)
+    except ValueError:
+        return False
+    return True

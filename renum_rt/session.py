@@ -22,7 +22,7 @@ from .protocol.errors import CLOSE_POLICY, CLOSE_UNAUTHORIZED
 class Session:
     __slots__ = (
         "id", "address", "settings", "identity", "channels", "granted", "connected_at", "last_active",
-        "bucket", "limited_in_row", "origin",
+        "bucket", "limited_in_row", "origin", "unread_version",
     )
 
     def __init__(self, connection_id: str, address: str, settings: Settings, now: float, origin: str | None = None) -> None:
@@ -38,6 +38,8 @@ class Session:
         self.last_active = now
         self.bucket = TokenBucket(settings.rate, settings.burst, now)
         self.limited_in_row = 0
+        #: version of the last ``unread_count`` sent: an older count is never sent after it
+        self.unread_version = -1
 
     @property
     def user_id(self) -> str | None:

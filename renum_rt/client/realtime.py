@@ -39,6 +39,7 @@ from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, W
 from ..ids import IdKey, format_id, parse_id
 from ..protocol.errors import CLOSE_FORBIDDEN, CLOSE_NORMAL, CLOSE_UNAUTHORIZED, reconnect_policy
 from .backoff import Backoff
+from .notifications import Notifications
 
 log = logging.getLogger("renum_rt.client")
 
@@ -55,6 +56,8 @@ UNAUTHORIZED: Final = "unauthorized"
 #: States in which the client neither is connected nor tries to be.
 STOPPED: Final = frozenset({DISCONNECTED, FAILED, UNAUTHORIZED})
 
+#: How long processed durable events wait to be acknowledged together, in seconds.
+ACK_DELAY_S: Final = 0.2
 #: Pseudo close code for an upgrade refused with an HTTP status that retrying cannot
 #: fix (400 unsupported version, 404 wrong path...): the client fails at once.
 _REFUSED = -1
@@ -181,6 +184,13 @@ class RealtimeClient:
         self._inbox: collections.deque[Event] = collections.deque()
         self._inbox_ready = asyncio.Event()
         self._consumer = 0  # events() calls so far: the latest one consumes
+        self._ack_timer: asyncio.TimerHandle | None = None
+        #: durable channels with a processed event not acknowledged yet
+        self._unacked: set[str] = set()
+        #: The user's unread notification count, from the server's ``unread_count`` frames.
+        self.unread_count: int | None = None
+        #: The user's inbox: ``await client.notifications.list()`` and friends.
+        self.notifications = Notifications(self)
 
     # -- public API ---------------------------------------------------------------
 
@@ -410,6 +420,8 @@ class RealtimeClient:
             return
         if kind == "error":
             log.warning("server error: %s: %s", frame.get("code"), frame.get("message"))
+        elif kind == "unread_count" and isinstance(frame.get("count"), int):
+            self.unread_count = frame["count"]
         self._call(self._on_frame, frame)
         if kind == "welcome":
             session.welcomed = True
@@ -524,11 +536,22 @@ class RealtimeClient:
         if not event.channel.startswith("user:"):
             return
         self._processed[event.channel] = event.id
-        if self.auto_ack and self.state == CONNECTED:
-            try:
-                self._send({"type": "ack", "channel": event.channel, "id": event.id})
-            except ConnectionClosedError:
-                pass  # acknowledged on the next welcome
+        self._unacked.add(event.channel)
+        if self.auto_ack and self._ack_timer is None:
+            # acks are cumulative: one frame for the newest id every ACK_DELAY_S, not one
+            # per event (the server allows 50 frames per second)
+            self._ack_timer = asyncio.get_running_loop().call_later(ACK_DELAY_S, self._flush_acks)
+
+    def _flush_acks(self) -> None:
+        self._ack_timer = None
+        if self.state != CONNECTED:
+            return  # acknowledged on the next welcome
+        try:
+            while self._unacked:
+                channel = self._unacked.pop()
+                self._send({"type": "ack", "channel": channel, "id": self._processed[channel]})
+        except ConnectionClosedError:
+            pass
 
     # -- states -------------------------------------------------------------------------
 

@@ -8,19 +8,20 @@ by several gateway processes. ``make_engine`` picks one from the settings.
 from __future__ import annotations
 
 from .base import Engine, EngineUnavailable, Event, Replay, Retention
+from .inbox import InboxLimits
 
 
 def make_engine(redis_url: str | None, retention: Retention, prefix: str = "renum-rt:",
-                pool_size: int = 32) -> Engine:
+                pool_size: int = 32, inbox_limits: InboxLimits = InboxLimits()) -> Engine:
     """The Redis engine when ``redis_url`` is set (with at most ``pool_size`` connections),
     else the in-memory engine."""
     if redis_url:
         from .redis import RedisEngine
 
-        return RedisEngine(redis_url, retention, prefix=prefix, pool_size=pool_size)
+        return RedisEngine(redis_url, retention, prefix=prefix, pool_size=pool_size, inbox_limits=inbox_limits)
     from .memory import MemoryEngine
 
-    return MemoryEngine(retention)
+    return MemoryEngine(retention, inbox_limits=inbox_limits)
 
 
 __all__ = ["Engine", "EngineUnavailable", "Event", "Replay", "Retention", "make_engine"]

@@ -18,6 +18,8 @@ import abc
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from .inbox import Inbox
+
 #: ``on_event(channel, event_id, frame)``: ``frame`` is the UTF-8 JSON of the ``event``
 #: frame, encoded once by the node that published it.
 EventListener = Callable[[str, str, bytes], None]
@@ -43,12 +45,6 @@ class EngineUnavailable(Exception):
 class AckRefused(Exception):
     """An ``ack`` names an id after the newest event stored on its channel: the client
     cannot have seen it, and storing it would hide every later event."""
-
-
-class IdempotencyInProgress(Exception):
-    """Never raised any more: a publish stores its idempotency answer in the same step as
-    its events, so no key is ever "in progress". Kept only while handlers/api.py still
-    imports it; remove both together."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +83,8 @@ class Engine(abc.ABC):
     """Storage + fan-out. Implementations: ``MemoryEngine`` and ``RedisEngine``."""
 
     name: str = "abstract"
+    #: the users' notification inboxes, kept in the same store (``inbox.py``)
+    inbox: Inbox
 
     def __init__(self) -> None:
         self._on_event: EventListener = lambda channel, event_id, frame: None

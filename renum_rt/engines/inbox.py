@@ -12,8 +12,8 @@ Two kinds of notification share one ordering (their ids come from one generator)
   user read or dismissed, and a ``read_all`` boundary. A user who never connected sees
   every retained announcement as unread.
 
-Ids are ``"<ms>-<seq>"`` (global ones ``"g<ms>-<seq>"``); ``key`` turns one into an
-integer that orders them (and fits a Redis sorted-set score exactly). Each user keeps at
+Ids are ``"<ms>-<seq>"`` (global ones ``"g<ms>-<seq>"``); ``ids.notification_key`` turns
+one into an integer that orders them (and fits a Redis sorted-set score exactly). Each user keeps at
 most ``max_per_user`` personal notifications, none older than ``max_age_s``; when a new
 one would pass the cap, dismissed ones go first, then read ones, then the oldest unread.
 
@@ -30,10 +30,10 @@ from typing import Any, Literal, Sequence
 
 Status = Literal["unread", "read", "dismissed"]
 STATUSES: tuple[Status, ...] = ("unread", "read", "dismissed")
+#: how long an idempotency key of a create or an announcement is remembered
+IDEMPOTENCY_TTL_S = 24 * 3600
 #: the fields a creator gives; the store adds id, created_at and status
 FIELDS = ("title", "body", "level", "category", "data", "link")
-#: ids handed out in one millisecond before the generator moves to the next one
-SEQ_PER_MS = 1024
 
 
 class UnknownNotification(Exception):
@@ -43,32 +43,6 @@ class UnknownNotification(Exception):
     def __init__(self, ids: Sequence[str]) -> None:
         super().__init__(f"not in this inbox: {', '.join(i[:40] for i in ids[:5])}")
         self.ids = list(ids)
-
-
-def parse_notification_id(notification_id: str) -> tuple[bool, int, int]:
-    """``(is_global, ms, seq)``; ``ValueError`` for anything else."""
-    is_global = notification_id.startswith("g")
-    ms, sep, seq = notification_id[1 if is_global else 0:].partition("-")
-    if not (sep and ms.isascii() and ms.isdigit() and seq.isascii() and seq.isdigit()
-            and len(ms) <= 15 and len(seq) <= 4 and int(seq) < SEQ_PER_MS):
-        raise ValueError(f"not a notification id: {notification_id[:48]!r}")
-    return is_global, int(ms), int(seq)
-
-
-def key(notification_id: str) -> int:
-    """The order of a notification id (newer is larger); ``ValueError`` if malformed."""
-    _, ms, seq = parse_notification_id(notification_id)
-    return ms * SEQ_PER_MS + seq
-
-
-def is_notification_id(value: object) -> bool:
-    if not isinstance(value, str):
-        return False
-    try:
-        parse_notification_id(value)
-    except ValueError:
-        return False
-    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,13 +83,19 @@ class Inbox(abc.ABC):
     """Per-user notifications with read/dismissed state (both engines)."""
 
     @abc.abstractmethod
-    async def create(self, users: Sequence[str], fields: dict[str, Any], now_ms: int) -> tuple[dict[str, Any], dict[str, Counter]]:
+    async def create(self, users: Sequence[str], fields: dict[str, Any], now_ms: int,
+                     idempotency_key: str | None = None, ttl_s: int = IDEMPOTENCY_TTL_S,
+                     ) -> tuple[dict[str, Any], dict[str, Counter]]:
         """Store one notification for each user (one id for all of them); return the
-        notification (status ``unread``) and each user's new unread count."""
+        notification (status ``unread``) and each user's new unread count. With an
+        ``idempotency_key`` already used (within ``ttl_s``), store nothing and return the
+        first notification with no counts."""
 
     @abc.abstractmethod
-    async def announce(self, fields: dict[str, Any], now_ms: int) -> dict[str, Any]:
-        """Store one global notification for every user, once; return it."""
+    async def announce(self, fields: dict[str, Any], now_ms: int, idempotency_key: str | None = None,
+                       ttl_s: int = IDEMPOTENCY_TTL_S) -> tuple[dict[str, Any], bool]:
+        """Store one global notification for every user, once; return it, and False
+        when ``idempotency_key`` was already used (nothing stored then)."""
 
     @abc.abstractmethod
     async def list(self, user: str, status: Status | None, limit: int, cursor: str | None, now_ms: int) -> Page:

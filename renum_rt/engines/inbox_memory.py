@@ -9,18 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
+from ..ids import NOTIFICATION_SEQ as SEQ_PER_MS
 from ..ids import next_id
-from .inbox import (
-    SEQ_PER_MS,
-    Change,
-    Counter,
-    Inbox,
-    InboxLimits,
-    Page,
-    Status,
-    UnknownNotification,
-    key,
-)
+from ..ids import notification_key as key
+from .inbox import IDEMPOTENCY_TTL_S, Change, Counter, Inbox, InboxLimits, Page, Status, UnknownNotification
 
 
 @dataclass(slots=True)
@@ -41,6 +33,8 @@ class MemoryInbox(Inbox):
         self._users: dict[str, _User] = {}
         self._globals: dict[str, tuple[int, dict[str, Any]]] = {}
         self._global_version = 0
+        #: idempotency key -> (expiry in ms, the notification it created)
+        self._answers: dict[str, tuple[int, dict[str, Any]]] = {}
 
     # ---------------------------------------------------------------- helpers
 
@@ -99,7 +93,23 @@ class MemoryInbox(Inbox):
 
     # ---------------------------------------------------------------- contract
 
-    async def create(self, users: Sequence[str], fields: dict[str, Any], now_ms: int) -> tuple[dict[str, Any], dict[str, Counter]]:
+    def _replayed(self, idempotency_key: str | None, now_ms: int) -> dict[str, Any] | None:
+        answer = self._answers.get(idempotency_key) if idempotency_key is not None else None
+        return answer[1] if answer is not None and answer[0] > now_ms else None
+
+    def _remember(self, idempotency_key: str | None, notification: dict[str, Any], now_ms: int, ttl_s: int) -> None:
+        if idempotency_key is None:
+            return
+        self._answers[idempotency_key] = (now_ms + ttl_s * 1000, notification)
+        if len(self._answers) % 1024 == 0:  # forget expired keys now and then, not on every call
+            self._answers = {k: v for k, v in self._answers.items() if v[0] > now_ms}
+
+    async def create(self, users: Sequence[str], fields: dict[str, Any], now_ms: int,
+                     idempotency_key: str | None = None, ttl_s: int = IDEMPOTENCY_TTL_S,
+                     ) -> tuple[dict[str, Any], dict[str, Counter]]:
+        first = self._replayed(idempotency_key, now_ms)
+        if first is not None:
+            return first, {}
         nid, k = self._next_id(now_ms)
         stored = {**fields, "created_at": now_ms}
         counts = {}
@@ -111,9 +121,15 @@ class MemoryInbox(Inbox):
             self._trim(inbox)
             inbox.version += 1
             counts[user] = self._counter(inbox)
-        return self._item(nid, stored, "unread"), counts
+        notification = self._item(nid, stored, "unread")
+        self._remember(idempotency_key, notification, now_ms, ttl_s)
+        return notification, counts
 
-    async def announce(self, fields: dict[str, Any], now_ms: int) -> dict[str, Any]:
+    async def announce(self, fields: dict[str, Any], now_ms: int, idempotency_key: str | None = None,
+                       ttl_s: int = IDEMPOTENCY_TTL_S) -> tuple[dict[str, Any], bool]:
+        first = self._replayed(idempotency_key, now_ms)
+        if first is not None:
+            return first, False
         nid, k = self._next_id(now_ms)
         gid = "g" + nid
         stored = {**fields, "created_at": now_ms}
@@ -121,7 +137,9 @@ class MemoryInbox(Inbox):
         while len(self._globals) > self._limits.max_global:
             del self._globals[min(self._globals, key=lambda g: self._globals[g][0])]
         self._global_version += 1
-        return self._item(gid, stored, "unread")
+        notification = self._item(gid, stored, "unread")
+        self._remember(idempotency_key, notification, now_ms, ttl_s)
+        return notification, True
 
     async def list(self, user: str, status: Status | None, limit: int, cursor: str | None, now_ms: int) -> Page:
         inbox = self._user(user, create=False)

@@ -26,13 +26,15 @@ with ``%.0f`` in the scripts so that none is written in exponent notation.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Sequence, cast
+from typing import Any, Awaitable, Callable, Literal, Sequence, cast
 
 import redis.asyncio
 import ujson
 
 from ..protocol import encode
-from .inbox import SEQ_PER_MS, Change, Counter, Inbox, InboxLimits, Page, Status, UnknownNotification, key
+from ..ids import NOTIFICATION_SEQ as SEQ_PER_MS
+from ..ids import notification_key as key
+from .inbox import IDEMPOTENCY_TTL_S, Change, Counter, Inbox, InboxLimits, Page, Status, UnknownNotification
 
 _LUA = r"""
 local SEQ = 1024
@@ -110,12 +112,26 @@ end
 local function touch(u, ttl)
   for _, k in pairs(u) do redis.call('EXPIRE', k, ttl) end
 end
+
+-- an idempotency key already used: its "<id>\n<json>"; else nil
+local function replayed(idem)
+  if idem == '' then return nil end
+  return redis.call('GET', idem)
+end
+local function remember(idem, id, json, ttl)
+  if idem ~= '' then redis.call('SET', idem, id .. '\n' .. json, 'EX', ttl) end
+end
 """
 
-# ARGV: now_ms, json, max_per_user, user horizon score, ttl_s. KEYS: shared, then 7 per user.
+# ARGV: now_ms, json, max_per_user, user horizon score, ttl_s, idempotency key ('' none),
+# its ttl_s. KEYS: shared, then 7 per user. Returns {id, count, version per user}, or
+# {'', "<id>\n<json>"} for a key already used.
 _CREATE = _LUA + r"""
 local now, json, cap, horizon, ttl = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local first = replayed(ARGV[6])
+if first then return {'', first} end
 local id, score = next_id(now)
+remember(ARGV[6], id, json, ARGV[7])
 local out = {id}
 for i = 5, #KEYS, 7 do
   local u = user_keys(i)
@@ -138,12 +154,16 @@ end
 return out
 """
 
-# ARGV: now_ms, json, max_global, global horizon score.
+# ARGV: now_ms, json, max_global, global horizon score, idempotency key ('' none), its
+# ttl_s. Returns the id, or {'', "<id>\n<json>"} for a key already used.
 _ANNOUNCE = _LUA + r"""
 local now, json, cap, horizon = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local first = replayed(ARGV[5])
+if first then return {'', first} end
 expire_global(horizon)
 local id, score = next_id(now)
 id = 'g' .. id
+remember(ARGV[5], id, json, ARGV[6])
 redis.call('ZADD', GZ, num(score), id)
 redis.call('HSET', GN, id, json)
 local over = redis.call('ZCARD', GZ) - cap
@@ -296,8 +316,19 @@ return out
 UNREAD_BATCH = 200
 
 
+#: how a script call is run: the engine's ``_run`` (errors mapped to EngineUnavailable,
+#: one retry for idempotent calls), or a plain await in tests
+Run = Callable[[str, Callable[[], Awaitable[Any]], bool], Awaitable[Any]]
+
+
+async def _plain(command: str, call: Callable[[], Awaitable[Any]], idempotent: bool) -> Any:
+    return await call()
+
+
 class RedisInbox(Inbox):
-    def __init__(self, client: redis.asyncio.Redis, prefix: str, limits: InboxLimits = InboxLimits()) -> None:
+    def __init__(self, client: redis.asyncio.Redis, prefix: str, limits: InboxLimits = InboxLimits(),
+                 run: Run = _plain) -> None:
+        self._run = run
         self._redis = client
         self._limits = limits
         self._shared = [f"{prefix}ib:seq", f"{prefix}ib:g:z", f"{prefix}ib:g:n", f"{prefix}ib:g:v"]
@@ -317,29 +348,49 @@ class RedisInbox(Inbox):
         return ((now_ms - self._limits.max_age_s * 1000) * SEQ_PER_MS,
                 (now_ms - self._limits.global_max_age_s * 1000) * SEQ_PER_MS)
 
-    async def create(self, users: Sequence[str], fields: dict[str, Any], now_ms: int) -> tuple[dict[str, Any], dict[str, Counter]]:
+    def _idem(self, idempotency_key: str | None) -> str:
+        return f"{self._prefix}ib:idem:{idempotency_key}" if idempotency_key is not None else ""
+
+    @staticmethod
+    def _first(answer: bytes) -> dict[str, Any]:
+        nid, _, stored = answer.partition(b"\n")
+        return {"id": nid.decode(), **ujson.loads(stored), "status": "unread"}
+
+    async def create(self, users: Sequence[str], fields: dict[str, Any], now_ms: int,
+                     idempotency_key: str | None = None, ttl_s: int = IDEMPOTENCY_TTL_S,
+                     ) -> tuple[dict[str, Any], dict[str, Counter]]:
         unique = list(dict.fromkeys(users))
         stored = {**fields, "created_at": now_ms}
         keys = list(self._shared)
         for user in unique:
             keys += self._user_keys(user)
-        args = [now_ms, encode(stored), self._limits.max_per_user, self._horizons(now_ms)[0], self._limits.max_age_s]
-        reply = cast(list[Any], await self._create(keys=keys, args=args))
+        args = [now_ms, encode(stored), self._limits.max_per_user, self._horizons(now_ms)[0], self._limits.max_age_s,
+                self._idem(idempotency_key), ttl_s]
+        reply = cast(list[Any], await self._run("inbox.create", lambda: self._create(keys=keys, args=args),
+                                                 idempotency_key is not None))
+        if reply[0] == b"":
+            return self._first(reply[1]), {}
         nid = reply[0].decode()
         counts = {user: Counter(int(reply[1 + 2 * i]), int(reply[2 + 2 * i])) for i, user in enumerate(unique)}
         return {"id": nid, **stored, "status": "unread"}, counts
 
-    async def announce(self, fields: dict[str, Any], now_ms: int) -> dict[str, Any]:
+    async def announce(self, fields: dict[str, Any], now_ms: int, idempotency_key: str | None = None,
+                       ttl_s: int = IDEMPOTENCY_TTL_S) -> tuple[dict[str, Any], bool]:
         stored = {**fields, "created_at": now_ms}
-        args = [now_ms, encode(stored), self._limits.max_global, self._horizons(now_ms)[1]]
-        gid = cast(bytes, await self._announce(keys=self._shared, args=args)).decode()
-        return {"id": gid, **stored, "status": "unread"}
+        args = [now_ms, encode(stored), self._limits.max_global, self._horizons(now_ms)[1],
+                self._idem(idempotency_key), ttl_s]
+        reply = await self._run("inbox.announce", lambda: self._announce(keys=self._shared, args=args),
+                               idempotency_key is not None)
+        if isinstance(reply, list):
+            return self._first(reply[1]), False
+        return {"id": cast(bytes, reply).decode(), **stored, "status": "unread"}, True
 
     async def list(self, user: str, status: Status | None, limit: int, cursor: str | None, now_ms: int) -> Page:
         wanted = "unread read" if status is None else status
         below = str(key(cursor)) if cursor is not None else ""
         args = [wanted, below, limit, *self._horizons(now_ms)]
-        reply = cast(list[Any], await self._list(keys=self._shared + self._user_keys(user), args=args))
+        keys = self._shared + self._user_keys(user)
+        reply = cast(list[Any], await self._run("inbox.list", lambda: self._list(keys=keys, args=args), True))
         rows = []
         for i in range(2, len(reply), 4):
             if reply[i + 3] is None:  # a personal id whose data expired between two reads: skip it
@@ -353,7 +404,8 @@ class RedisInbox(Inbox):
 
     async def mark(self, user: str, ids: Sequence[str], status: Literal["read", "dismissed"], now_ms: int) -> Change:
         args = [status, *self._horizons(now_ms), self._limits.max_age_s, *ids]
-        reply = cast(list[Any], await self._mark(keys=self._shared + self._user_keys(user), args=args))
+        keys = self._shared + self._user_keys(user)
+        reply = cast(list[Any], await self._run("inbox.mark", lambda: self._mark(keys=keys, args=args), True))
         if reply[0] == 0:
             raise UnknownNotification([i.decode() for i in reply[1:]])
         return Change([i.decode() for i in reply[3:]], status, Counter(int(reply[1]), int(reply[2])))
@@ -361,7 +413,9 @@ class RedisInbox(Inbox):
     async def read_all(self, user: str, before: str | None, now_ms: int) -> Change:
         upto = str(key(before)) if before is not None else ""
         args = [upto, *self._horizons(now_ms), self._limits.max_age_s]
-        reply = cast(list[Any], await self._read_all(keys=self._shared + self._user_keys(user), args=args))
+        keys = self._shared + self._user_keys(user)
+        reply = cast(list[Any], await self._run("inbox.read_all", lambda: self._read_all(keys=keys, args=args),
+                                                 True))
         changed = sorted((i.decode() for i in reply[2:]), key=key)
         return Change(changed, "read", Counter(int(reply[0]), int(reply[1])))
 
@@ -373,7 +427,7 @@ class RedisInbox(Inbox):
             keys = list(self._shared)
             for user in batch:
                 keys += self._user_keys(user)
-            reply = cast(list[Any], await self._unread(keys=keys, args=[horizon]))
+            reply = cast(list[Any], await self._run("inbox.unread", lambda: self._unread(keys=keys, args=[horizon]), True))
             for i, user in enumerate(batch):
                 counts[user] = Counter(int(reply[2 * i]), int(reply[2 * i + 1]))
         return counts

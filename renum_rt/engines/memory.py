@@ -17,6 +17,8 @@ from .. import channels
 from ..ids import IdKey, format_id, next_id, parse_id
 from ..logs import log
 from ..protocol import event_frame_head, event_frame_tail
+from .inbox import InboxLimits
+from .inbox_memory import MemoryInbox
 from .base import IDEMPOTENCY_TTL_S, AckRefused, Engine, Event, Replay, Retention
 
 #: expired idempotency answers are dropped every this many remembered ones, not on every publish
@@ -38,8 +40,10 @@ class _Stream:
 class MemoryEngine(Engine):
     name = "memory"
 
-    def __init__(self, retention: Retention = Retention(), clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, retention: Retention = Retention(), clock: Callable[[], float] = time.time,
+                 inbox_limits: InboxLimits = InboxLimits()) -> None:
         super().__init__()
+        self.inbox = MemoryInbox(inbox_limits)
         self._retention = retention
         self._clock = clock
         self._streams: dict[str, _Stream] = {}

@@ -61,6 +61,8 @@ from .. import channels
 from ..ids import format_id, parse_id
 from ..logs import log
 from ..protocol import encode, event_frame_head, event_frame_tail
+from .inbox import InboxLimits
+from .inbox_redis import RedisInbox
 from .base import IDEMPOTENCY_TTL_S, AckRefused, Engine, EngineUnavailable, Event, Replay, Retention
 
 T = TypeVar("T")
@@ -300,7 +302,8 @@ class RedisEngine(Engine):
 
     name = "redis"
 
-    def __init__(self, url: str, retention: Retention, prefix: str = "renum-rt:", pool_size: int = 32) -> None:
+    def __init__(self, url: str, retention: Retention, prefix: str = "renum-rt:", pool_size: int = 32,
+                 inbox_limits: InboxLimits = InboxLimits()) -> None:
         super().__init__()
         self._retention = retention
         self._prefix = prefix
@@ -319,6 +322,7 @@ class RedisEngine(Engine):
             maint_notifications_config=MaintNotificationsConfig(enabled=False),
         )
         self._redis = redis.asyncio.Redis.from_pool(pool)
+        self.inbox = RedisInbox(self._redis, prefix, inbox_limits, self._run)
         self._fanout = f"{prefix}fanout".encode()
         self._control = f"{prefix}control".encode()
         self._publish = self._redis.register_script(_PUBLISH)

@@ -20,7 +20,6 @@ from typing import Any
 import tornado.web
 
 from ..engines import EngineUnavailable
-from ..engines.base import IdempotencyInProgress
 from ..limits import KeyedBuckets
 from ..protocol.events import FieldError, PublishRequest, validate_broadcast, validate_publish
 from .base import HttpError, JsonHandler, keys_match
@@ -30,8 +29,9 @@ MAX_IDEMPOTENCY_KEY = 200
 
 
 @tornado.web.stream_request_body
-class PublishHandler(JsonHandler):
-    """``POST /api/v1/publish`` (and, with another validator, ``/api/v1/broadcast``)."""
+class ServiceHandler(JsonHandler):
+    """A route for backend services: the API key, its rate limit, the declared size and
+    the content type are checked from the headers, before the body is read."""
 
     buckets: KeyedBuckets
 
@@ -41,18 +41,16 @@ class PublishHandler(JsonHandler):
         self._api_key = ""
         self._body = bytearray()
 
-    def validate(self, body: Any) -> PublishRequest:
-        return validate_publish(body, max_users=self.gateway.settings.max_users_per_publish)
-
     def prepare(self) -> None:
         """What the headers decide, answered before the body is read (Tornado reads it
         only once this returns without finishing the request)."""
         try:
             self._api_key = self._check_key()
-            declared = self.request.headers.get("Content-Length", "")
-            if declared.isdigit() and int(declared) > self.gateway.settings.http_max_body_bytes:
-                raise self.too_large()
-            self.require_json()
+            if self.request.method == "POST":
+                declared = self.request.headers.get("Content-Length", "")
+                if declared.isdigit() and int(declared) > self.gateway.settings.http_max_body_bytes:
+                    raise self.too_large()
+                self.require_json()
         except HttpError as error:
             self.fail(error)
 
@@ -64,6 +62,10 @@ class PublishHandler(JsonHandler):
             return
         self._body += chunk
 
+    def body(self) -> Any:
+        """The parsed JSON body (400 if it is not JSON)."""
+        return self.parse_json(self._body)
+
     def _check_key(self) -> str:
         key = self.bearer()
         if not keys_match(key, self.gateway.settings.api_key):
@@ -74,7 +76,7 @@ class PublishHandler(JsonHandler):
             raise HttpError(429, "rate_limited", "too many requests for this API key", headers={"Retry-After": str(seconds)})
         return key
 
-    def _idempotency_key(self, api_key: str) -> str | None:
+    def idempotency_key(self) -> str | None:
         """The stored key: scoped by API key and route, so two services (or publish and
         broadcast) reusing a key never see each other's answers."""
         key = self.request.headers.get("Idempotency-Key")
@@ -83,26 +85,32 @@ class PublishHandler(JsonHandler):
         if not (0 < len(key) <= MAX_IDEMPOTENCY_KEY) or not key.isprintable():
             raise HttpError(400, "bad_request", f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters",
                             field="Idempotency-Key")
-        scope = hashlib.sha256(api_key.encode()).hexdigest()[:16]
+        scope = hashlib.sha256(self._api_key.encode()).hexdigest()[:16]
         return f"{scope}:{self.request.path}:{key}"
+
+
+def unavailable(exc: EngineUnavailable) -> HttpError:
+    return HttpError(503, "unavailable", "the event store is unreachable; nothing was accepted, retry",
+                     headers={"Retry-After": "1"}, cause=exc)
+
+
+class PublishHandler(ServiceHandler):
+    """``POST /api/v1/publish`` (and, with another validator, ``/api/v1/broadcast``)."""
+
+    def validate(self, body: Any) -> PublishRequest:
+        return validate_publish(body, max_users=self.gateway.settings.max_users_per_publish)
 
     async def post(self) -> None:
         try:
-            body = self.parse_json(self._body)
             try:
-                request = self.validate(body)
+                request = self.validate(self.body())
             except FieldError as exc:
                 raise HttpError(400, "bad_request", exc.message, field=exc.field) from None
-            idempotency_key = self._idempotency_key(self._api_key)
             try:
                 answer = await self.gateway.publish(list(request.targets), request.event, request.data,
-                                                    idempotency_key)
+                                                    self.idempotency_key())
             except EngineUnavailable as exc:
-                raise HttpError(503, "unavailable", "the event store is unreachable; nothing was accepted, retry",
-                                headers={"Retry-After": "1"}, cause=exc) from None
-            except IdempotencyInProgress:
-                raise HttpError(409, "bad_request", "a request with this Idempotency-Key is still in progress",
-                                field="Idempotency-Key") from None
+                raise unavailable(exc) from None
         except HttpError as error:
             self.fail(error)
             return

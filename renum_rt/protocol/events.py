@@ -275,6 +275,21 @@ def _is_user_id(uid: object) -> bool:
         return False
 
 
+def _users(listed: object, max_users: int) -> tuple[str, ...]:
+    """A ``users`` list: 1 to ``max_users`` user ids, without duplicates, in order."""
+    if not isinstance(listed, list) or not listed:
+        raise FieldError("users", f"users must be a list of 1 to {max_users} user ids")
+    if len(listed) > max_users:
+        raise FieldError(
+            "users", f"users may list at most {max_users} user ids per request (got {len(listed)}): split the list"
+        )
+    for i, uid in enumerate(listed):
+        if not _is_user_id(uid):
+            where = f"users[{i}]"
+            raise FieldError(where, f"{where} is not a user id (one that names a user:<id> channel): {uid!r:.80}")
+    return tuple(dict.fromkeys(listed))
+
+
 def validate_publish(body: object, *, max_users: int = MAX_USERS) -> PublishRequest:
     """Parse the decoded JSON body of ``POST /api/v1/publish``; raise ``FieldError``."""
     body, name, data = _event_of(body)
@@ -284,20 +299,8 @@ def validate_publish(body: object, *, max_users: int = MAX_USERS) -> PublishRequ
             channel = channels.check_publishable(channel)
         except channels.ChannelError as e:
             raise FieldError("channel", e.message) from None
-    users: tuple[str, ...] = ()
     listed = body.get("users")
-    if listed is not None:
-        if not isinstance(listed, list) or not listed:
-            raise FieldError("users", f"users must be a list of 1 to {max_users} user ids")
-        if len(listed) > max_users:
-            raise FieldError(
-                "users", f"users may list at most {max_users} user ids per request (got {len(listed)}): split the list"
-            )
-        for i, uid in enumerate(listed):
-            if not _is_user_id(uid):
-                where = f"users[{i}]"
-                raise FieldError(where, f"{where} is not a user id (one that names a user:<id> channel): {uid!r:.80}")
-        users = tuple(dict.fromkeys(listed))
+    users = _users(listed, max_users) if listed is not None else ()
     if channel is None and not users:
         raise FieldError("channel", "publish needs a channel, a users list, or both")
     return PublishRequest(name, data, channel, users)
@@ -311,3 +314,35 @@ def validate_broadcast(body: object) -> PublishRequest:
         if body.get(field) is not None:
             raise FieldError(field, f"a broadcast goes to every user on system: use /api/v1/publish to choose {field}")
     return PublishRequest(name, data, channels.SYSTEM, ())
+
+
+#: the fields of ``POST /api/v1/notifications`` besides ``users``
+_NOTIFICATION = {
+    "title": TEXT,
+    "body": _optional(STRING),
+    "level": _optional(LEVEL),
+    "category": _optional(STRING),
+    "data": _optional(OBJECT),
+    "link": _optional(STRING),
+}
+
+
+def validate_notification(body: object, *, max_users: int = MAX_USERS) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """Parse the body of ``POST /api/v1/notifications``: the users, and the notification
+    fields (absent ones left out). Raise ``FieldError``."""
+    if not isinstance(body, dict):
+        raise FieldError("body", "the body must be a JSON object")
+    check_json(body, "")
+    if body.get("users") is None:
+        raise FieldError("users", f"users is required: a list of 1 to {max_users} user ids")
+    users = _users(body["users"], max_users)
+    fields = {}
+    for name, rule in _NOTIFICATION.items():
+        value = body.get(name)
+        if value is None:
+            if rule.required:
+                raise FieldError(name, f"a notification needs {name}: {rule.must_be}")
+            continue
+        _apply(rule, value, name, "a notification")
+        fields[name] = value
+    return users, fields

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import ujson
 
-from ..ids import is_valid_id
+from ..ids import is_notification_id, is_valid_id
 from .errors import ProtocolError
 
 PROTOCOL_VERSION = 1
@@ -20,6 +20,8 @@ PROTOCOL_VERSION = 1
 SUBPROTOCOLS = ("renum.v1",)
 MAX_REF = 64
 MAX_TOKEN = 8192
+#: notification ids in one notifications.read / notifications.dismiss frame
+MAX_NOTIFICATION_IDS = 100
 
 
 def encode(frame: Any) -> str:
@@ -66,6 +68,14 @@ def _string(limit: int) -> Callable[[Any], bool]:
 _TOKEN = (_string(MAX_TOKEN), f"a non-empty string of at most {MAX_TOKEN} characters")
 _CHANNEL = (_string(200), "a channel name")
 _ID = (is_valid_id, "an event id such as \"1700000000000-0\"")
+_NOTIFICATION = (is_notification_id, "a notification id such as \"1700000000000-0\"")
+_NOTIFICATION_IDS = (
+    lambda v: isinstance(v, list) and 0 < len(v) <= MAX_NOTIFICATION_IDS
+    and all(isinstance(i, str) and 0 < len(i) <= MAX_REF for i in v),
+    f"a list of 1 to {MAX_NOTIFICATION_IDS} notification ids",
+)
+_STATUS = (lambda v: v in ("unread", "read", "dismissed"), "one of unread, read, dismissed")
+_LIMIT = (lambda v: type(v) is int and v >= 1, "a whole number from 1")
 
 #: type -> {field: (check, description, required)}
 _SCHEMA: dict[str, dict[str, tuple[Callable[[Any], bool], str, bool]]] = {
@@ -75,6 +85,10 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[Any], bool], str, bool]]] = {
     "unsubscribe": {"channel": (*_CHANNEL, True)},
     "ack": {"channel": (*_CHANNEL, True), "id": (*_ID, True)},
     "ping": {},
+    "notifications.list": {"status": (*_STATUS, False), "limit": (*_LIMIT, False), "cursor": (*_NOTIFICATION, False)},
+    "notifications.read": {"ids": (*_NOTIFICATION_IDS, True)},
+    "notifications.dismiss": {"ids": (*_NOTIFICATION_IDS, True)},
+    "notifications.read_all": {"before": (*_NOTIFICATION, False)},
 }
 
 CLIENT_TYPES = frozenset(_SCHEMA)

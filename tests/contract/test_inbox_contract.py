@@ -16,7 +16,9 @@ import pytest
 import redis.asyncio
 import tornado.ioloop
 
-from renum_rt.engines.inbox import Counter, Inbox, InboxLimits, UnknownNotification, is_notification_id, key
+from renum_rt.engines.inbox import Counter, Inbox, InboxLimits, UnknownNotification
+from renum_rt.ids import is_notification_id
+from renum_rt.ids import notification_key as key
 from renum_rt.engines.inbox_memory import MemoryInbox
 from renum_rt.engines.inbox_redis import RedisInbox
 
@@ -114,8 +116,8 @@ async def test_read_all_with_a_boundary_leaves_newer_ones_unread(io_loop: object
 async def test_an_announcement_is_stored_once_and_unread_for_everyone_even_users_never_seen(
     io_loop: object, inbox: Inbox
 ) -> None:
-    announced = await inbox.announce({"title": "Maintenance", "body": "tonight", "level": "warning",
-                                      "category": "system", "data": None, "link": None}, NOW)
+    announced, _ = await inbox.announce({"title": "Maintenance", "body": "tonight", "level": "warning",
+                                         "category": "system", "data": None, "link": None}, NOW)
     assert announced["id"].startswith("g") and is_notification_id(announced["id"])
     counts = await inbox.unread([f"user{i}" for i in range(300)], NOW)  # more than one batch
     assert len(counts) == 300 and {c.count for c in counts.values()} == {1}
@@ -132,12 +134,12 @@ async def test_an_announcement_is_stored_once_and_unread_for_everyone_even_users
 @pytest.mark.gen_test
 async def test_read_all_covers_announcements_and_personal_ones_merged_in_order(io_loop: object, inbox: Inbox) -> None:
     first = (await inbox.create(["u1"], note("p1"), NOW))[0]["id"]
-    glob = (await inbox.announce({"title": "g"}, NOW + 1))["id"]
+    glob = (await inbox.announce({"title": "g"}, NOW + 1))[0]["id"]
     last = (await inbox.create(["u1"], note("p2"), NOW + 2))[0]["id"]
     assert [i["id"] for i in (await inbox.list("u1", None, 10, None, NOW + 2)).items] == [last, glob, first]
     change = await inbox.read_all("u1", glob, NOW + 2)
     assert sorted(change.ids, key=key) == [first, glob] and change.unread.count == 1
-    later = (await inbox.announce({"title": "g2"}, NOW + 3))["id"]
+    later = (await inbox.announce({"title": "g2"}, NOW + 3))[0]["id"]
     assert await unread(inbox, "u1") == 2  # an announcement after the boundary is unread
     assert (await inbox.read_all("u1", None, NOW + 3)).unread.count == 0
     assert later in [i["id"] for i in (await inbox.list("u1", "read", 10, None, NOW + 3)).items]
@@ -195,3 +197,18 @@ async def test_ids_order_and_keys(io_loop: object, inbox: Inbox) -> None:
     ids = [(await inbox.create(["u1"], note(), NOW))[0]["id"] for _ in range(1030)]  # past one millisecond
     assert sorted(ids, key=key) == ids and len(set(ids)) == len(ids)
     assert not is_notification_id("x1-0") and not is_notification_id("1-1024") and not is_notification_id(5)
+
+
+@pytest.mark.gen_test
+async def test_an_idempotency_key_creates_once_and_returns_the_first_notification(io_loop: object,
+                                                                                   inbox: Inbox) -> None:
+    first, counts = await inbox.create(["u1"], note("once"), NOW, idempotency_key="k1")
+    again, none = await inbox.create(["u1"], note("twice"), NOW + 5, idempotency_key="k1")
+    assert again == first and none == {} and counts["u1"].count == 1
+    assert await unread(inbox, "u1") == 1
+    announced, fresh = await inbox.announce({"title": "g"}, NOW, idempotency_key="k2")
+    repeated, fresh_again = await inbox.announce({"title": "g"}, NOW, idempotency_key="k2")
+    assert (fresh, fresh_again) == (True, False) and repeated["id"] == announced["id"]
+    assert await unread(inbox, "u1") == 2
+    other, _ = await inbox.create(["u1"], note("other key"), NOW + 10, idempotency_key="k3")
+    assert other["id"] != first["id"]

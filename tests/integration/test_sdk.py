@@ -179,7 +179,8 @@ async def test_reconnects_and_resubscribes_after_the_server_is_killed(spawn: Cal
     before = await publisher.execution_status(execution, "t1", "running", 10)
     assert (await probe.event()).id == before[channel]
     await publisher.announcement("before", "restart")
-    assert (await probe.event()).channel == "system"
+    assert (await probe.event()).event == "system.announcement"
+    assert (await probe.event()).event == "notification.created"  # the announcement in everybody's inbox
 
     own_server.kill()
     await probe.state("reconnecting")

@@ -13,22 +13,54 @@ from .schemas import assert_server_frame
 
 
 class Client:
-    """Every frame received is checked against the protocol's JSON Schema."""
+    """Every frame received is checked against the protocol's JSON Schema.
+
+    ``unread_count`` frames (sent on connect and on every change of the user's inbox)
+    are kept apart, in ``unread``, so that a test about something else reads the frames
+    it is about; ``wait_unread`` awaits a given count.
+    """
 
     def __init__(self, conn: tornado.websocket.WebSocketClientConnection) -> None:
         self.conn = conn
+        self.unread: list[int] = []
+        self._held: list[dict[str, Any]] = []
 
     async def send(self, frame: dict[str, Any] | str) -> None:
         await self.conn.write_message(frame if isinstance(frame, str) else ujson.dumps(frame))
 
     async def recv(self, timeout: float = 5.0) -> dict[str, Any] | None:
-        """The next frame, or None once the server closed the connection."""
+        """The next frame but ``unread_count``, or None once the server closed the connection."""
+        if self._held:
+            return self._held.pop(0)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            frame = await self.recv_any(max(0.01, deadline - loop.time()))
+            if frame is None or frame["type"] != "unread_count":
+                return frame
+            self.unread.append(frame["count"])
+
+    async def recv_any(self, timeout: float = 5.0) -> dict[str, Any] | None:
+        """The next frame, whatever its type."""
         text = await asyncio.wait_for(self.conn.read_message(), timeout)
         if text is None:
             return None
-        frame = ujson.loads(text)
+        frame: dict[str, Any] = ujson.loads(text)
         assert_server_frame(frame)
         return frame
+
+    async def wait_unread(self, count: int, timeout: float = 5.0) -> None:
+        """Return once the latest ``unread_count`` received is ``count``; other frames
+        read meanwhile are kept for ``recv``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not (self.unread and self.unread[-1] == count):
+            frame = await self.recv_any(max(0.01, deadline - loop.time()))
+            assert frame is not None, f"closed ({self.close_code}) while waiting for unread_count {count}"
+            if frame["type"] == "unread_count":
+                self.unread.append(frame["count"])
+            else:
+                self._held.append(frame)
 
     async def recv_until(self, wanted: Callable[[dict[str, Any]], bool], what: str,
                          timeout: float = 5.0) -> dict[str, Any]:

@@ -140,8 +140,8 @@ async def test_welcome_is_the_first_frame_even_when_a_system_event_arrives_durin
     g = gateway(SlowCursor())
     conn = FakeConnection("u1")
     await g.open(conn)
-    assert [f["type"] for f in conn.frames] == ["welcome", "event"]
-    assert conn.frames[1]["channel"] == "system"
+    assert [f["type"] for f in conn.frames] == ["welcome", "unread_count", "event"]
+    assert conn.frames[2]["channel"] == "system"
     assert conn.session.channels == {"system", "user:u1"}
 
 
