@@ -317,3 +317,35 @@ async def test_idempotency_key_retried_on_the_other_node_returns_the_first_answe
     assert [(await next_event(late))["id"] for _ in range(2)] == [first[f"user:{user}"], marker[f"user:{user}"]]
     for client in (watcher, late):
         client.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_notifications_keep_one_exact_counter_across_nodes_and_survive_a_kill_9(
+    nodes: tuple[ServerProcess, ServerProcess], spawn: Callable[[], ServerProcess]
+) -> None:
+    a, _ = nodes
+    c = spawn()  # a node of this test's own, killed below
+    user = new_id("inbox")
+    on_a, on_c = await connect(a.ws_url, token(user)), await connect(c.ws_url, token(user))
+    await asyncio.gather(on_a.wait_unread(0), on_c.wait_unread(0))
+    code, created = await call(a.url, "/api/v1/notifications", {"users": [user], "title": "one"})
+    assert code == 200, created
+    code, second = await call(c.url, "/api/v1/notifications", {"users": [user], "title": "two"})
+    assert code == 200, second
+    await asyncio.gather(on_a.wait_unread(2), on_c.wait_unread(2))  # created on either node, counted on both
+    reply = await on_c.request({"type": "notifications.read", "ids": [created["notification"]["id"]]})
+    assert reply["type"] == "ok"
+    await on_a.wait_unread(1)  # read on node C, the badge on node A falls
+
+    # the node that served the read is killed with SIGKILL and started again: every
+    # notification and its state are kept
+    c.kill()
+    await on_c.closed()
+    on_a.close()  # the killed node's count lingers until its heartbeat expires: stay under the cap
+    await on_a.closed()
+    c.start()
+    again = await connect(c.ws_url, token(user))
+    await again.wait_unread(1)
+    reply = await again.request({"type": "notifications.list"})
+    assert [(i["title"], i["status"]) for i in reply["items"]] == [("two", "unread"), ("one", "read")]
+    again.close()
