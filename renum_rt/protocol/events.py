@@ -183,10 +183,15 @@ def _check_fields(obj: Mapping[str, Any], rules: Mapping[str, Rule], path: str, 
         _apply(rule, value, where, owner)
 
 
-def _child(path: str, key: str | int) -> str:
-    """The dotted path of ``key`` under ``path`` (``""`` is the body itself)."""
+def _child(path: str, key: str | int | None) -> str:
+    """The dotted path of ``key`` under ``path`` (``""`` is the body itself; no key:
+    ``path`` itself); an empty key is written ``[""]``, so that a field is never empty."""
+    if key is None:
+        return path
     if isinstance(key, int):
         return f"{path}[{key}]"
+    if not key:
+        return f'{path}[""]'
     return f"{path}.{key}" if path else key
 
 
@@ -204,8 +209,9 @@ def check_json(value: object, path: str) -> None:
     built only for a container or an error. A bad key is named with backslash escapes,
     so that the 400 answer naming it can itself be encoded.
     """
-    # each entry: the path of a container, its (key, value) pairs, its depth
-    stack: list[tuple[str, Iterable[tuple[str | int, Any]], int]] = [("", ((path, value),), 0)]
+    # each entry: the path of a container, its (key, value) pairs, its depth; the first
+    # one holds ``value`` itself, under no key
+    stack: list[tuple[str, Iterable[tuple[str | int | None, Any]], int]] = [(path, ((None, value),), 0)]
     while stack:
         where, items, depth = stack.pop()
         for key, item in items:

@@ -310,6 +310,8 @@ UNSENDABLE: list[tuple[dict[str, Any], str]] = [
     ({"event": "custom", "data": {"n": {"m": -math.inf}}, "users": ["u1"]}, "data.n.m"),
     ({**PUBLISH, "data": execution(progress=math.inf)}, "data.progress"),
     ({"event": "custom", "data": {}, "users": ["u1"], "extra": math.nan}, "extra"),
+    ({"event": "custom", "data": {"": [LONE]}, "users": ["u1"]}, 'data[""][0]'),
+    ({"event": "custom", "data": {}, "users": ["u1"], "": LONE}, '[""]'),
 ]
 
 

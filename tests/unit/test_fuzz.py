@@ -1,0 +1,148 @@
+"""Property tests (Hypothesis) of what comes in from outside: client frames and publish bodies.
+
+Whatever a client or a backend sends, the parsers answer with a result or with the
+protocol's own refusal (``ProtocolError`` with a known code, ``FieldError`` naming a
+field), never with another exception (which would be a 500 or a dropped connection);
+and whatever a publish validator accepts can be sent to every client as strict JSON.
+The strategies are shared with tests/integration/test_http_api.py, which posts such
+bodies to a real server.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from renum_rt.protocol import CODES, ClientFrame, ProtocolError, event_frame, parse_client_frame
+from renum_rt.protocol.events import KNOWN_EVENTS, FieldError, validate_broadcast, validate_publish
+
+#: Each property runs well under ten seconds on a loaded machine.
+FAST = settings(max_examples=300, deadline=None)
+
+LONE_SURROGATES = st.sampled_from(["\ud83d", "\udc00", "a\udfffb"])
+#: any text: letters of every script, control characters, lone surrogates
+TEXT = st.text(max_size=20) | LONE_SURROGATES
+NUMBERS = (st.integers(min_value=-(10**30), max_value=10**30)
+           | st.floats(allow_nan=True, allow_infinity=True))
+SCALARS = st.none() | st.booleans() | NUMBERS | TEXT
+
+#: what a JSON parser can produce: objects, arrays, text, numbers (NaN and infinities
+#: included: ujson parses them), true/false/null
+JSON_VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4),
+    max_leaves=12,
+)
+
+EVENT_NAMES = st.sampled_from(sorted(KNOWN_EVENTS)) | st.sampled_from(["custom", "report.ready", "a.b_2"]) | TEXT
+CHANNELS = st.sampled_from(["team:t1", "execution:e1", "system", "user:u1", "admin", "team:", "room:1"]) | TEXT
+USER_IDS = st.sampled_from(["u1", "u2", "a@b.c"]) | TEXT
+DOMAIN_DATA = st.fixed_dictionaries(
+    {},
+    optional={
+        "execution_id": TEXT | st.just("e1"), "team_id": TEXT | st.just("t1"), "name": TEXT,
+        "status": st.sampled_from(["running", "failed", "read"]) | TEXT, "progress": NUMBERS | TEXT,
+        "title": TEXT, "message": TEXT, "level": st.sampled_from(["info", "warning"]) | TEXT,
+        "id": TEXT, "ids": st.lists(TEXT, max_size=3) | JSON_VALUES,
+        "error": st.fixed_dictionaries({}, optional={"code": TEXT, "message": TEXT, "details": JSON_VALUES}),
+        "step": JSON_VALUES, "changes": JSON_VALUES, "extra": JSON_VALUES,
+    },
+)
+#: publish bodies: mostly objects with the fields the validators read, each of any shape
+BODIES = st.fixed_dictionaries(
+    {},
+    optional={
+        "event": EVENT_NAMES | JSON_VALUES,
+        "data": DOMAIN_DATA | JSON_VALUES,
+        "channel": CHANNELS | JSON_VALUES,
+        "users": st.lists(USER_IDS, max_size=4) | JSON_VALUES,
+        "other": JSON_VALUES,
+    },
+) | JSON_VALUES
+
+
+def strict_json(text: str) -> Any:
+    """``json.loads`` without its extensions: NaN and the infinities are refused."""
+
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def sendable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+# -- client frames --------------------------------------------------------------
+
+FRAME_FIELDS = st.sampled_from(["token", "channel", "since", "id", "ref", "type"])
+FRAMES = st.dictionaries(FRAME_FIELDS, JSON_VALUES | CHANNELS, max_size=4).flatmap(
+    lambda fields: st.sampled_from(["auth", "refresh", "subscribe", "unsubscribe", "ack", "ping", "nope"]).map(
+        lambda kind: {"type": kind, **fields}
+    )
+)
+
+
+def check_frame(text: str) -> None:
+    try:
+        frame = parse_client_frame(text)
+    except ProtocolError as error:
+        assert error.code in CODES
+    else:
+        assert isinstance(frame, ClientFrame)
+
+
+@FAST
+@given(FRAMES | JSON_VALUES)
+def test_any_json_frame_is_parsed_or_refused_with_a_protocol_error(value: Any) -> None:
+    check_frame(json.dumps(value))  # NaN and Infinity written as ujson reads them; surrogates as \u escapes
+
+
+@FAST
+@given(st.text())
+@example("[" * 100_000)
+@example('{"type": "ping", "ref": "\\ud83d"}')
+@example('{"type": "subscribe", "channel": "team:t1", "since": 1e999}')
+def test_any_text_frame_is_parsed_or_refused_with_a_protocol_error(text: str) -> None:
+    check_frame(text)
+
+
+@FAST
+@given(st.binary(max_size=64))
+def test_binary_frames_are_refused(data: bytes) -> None:
+    check_frame(data)  # type: ignore[arg-type]
+
+
+# -- publish bodies -------------------------------------------------------------
+
+def check_body(body: Any, validate: Any) -> None:
+    try:
+        request = validate(body)
+    except FieldError as error:
+        assert error.field and sendable(error.field) and sendable(error.message)
+        return
+    frame = event_frame(request.targets[0], "1700000000000-0", 1700000000000, request.event, request.data)
+    assert strict_json(frame.decode())["data"] == request.data
+
+
+@FAST
+@given(BODIES)
+@example({"event": "custom", "users": ["u1"], "data": {"n": float("nan")}})
+@example({"event": "custom", "channel": "system", "data": {"\ud83d": 1}})
+def test_publish_bodies_validate_or_name_a_field_and_what_validates_is_strict_json(body: Any) -> None:
+    check_body(body, validate_publish)
+
+
+@FAST
+@given(BODIES)
+@example({"event": "custom", "data": {"t": "\ud83d", "n": float("-inf")}})
+def test_broadcast_bodies_validate_or_name_a_field_and_what_validates_is_strict_json(body: Any) -> None:
+    check_body(body, validate_broadcast)
