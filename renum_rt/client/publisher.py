@@ -170,9 +170,27 @@ class _PublisherBase(Generic[R]):
             "system.announcement", {"title": title, "message": message, "level": level}, idempotency_key=idempotency_key
         )
 
+    def notify(
+        self,
+        users: Iterable[str],
+        title: str,
+        body: str | None = None,
+        *,
+        level: Literal["info", "success", "warning", "error"] | None = None,
+        category: str | None = None,
+        data: dict[str, Any] | None = None,
+        link: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> R:
+        """One inbox notification for each of ``users`` (``POST /api/v1/notifications``);
+        returns the notification once stored: ``{"id", "title", ..., "status": "unread"}``."""
+        fields = {"body": body, "level": level, "category": category, "data": data, "link": link}
+        payload = {"users": list(users), "title": title, **{k: v for k, v in fields.items() if v is not None}}
+        return self._post("/api/v1/notifications", payload, idempotency_key, "notification")
+
     # -- shared by both transports ----------------------------------------------
 
-    def _post(self, path: str, body: dict[str, Any], idempotency_key: str | None) -> R:
+    def _post(self, path: str, body: dict[str, Any], idempotency_key: str | None, answer: str = "ids") -> R:
         raise NotImplementedError
 
     def _prepare(self, path: str, body: dict[str, Any], idempotency_key: str | None) -> tuple[str, bytes, dict[str, str]]:
@@ -195,17 +213,18 @@ class _PublisherBase(Generic[R]):
         return self.backoff.delay_ms(retry) / 1000
 
 
-def _answer(status: int, retry_after: str | None, raw: bytes) -> dict[str, str]:
-    """The ids of a 2xx answer; else raise the ``PublishError`` its body describes."""
+def _answer(status: int, retry_after: str | None, raw: bytes, field: str) -> dict[str, Any]:
+    """``field`` of a 2xx answer (the ids, the notification); else raise the
+    ``PublishError`` its body describes."""
     try:
         body = ujson.loads(raw)
     except (ValueError, TypeError):
         body = None
     if 200 <= status < 300:
-        ids = body.get("ids") if isinstance(body, dict) else None
-        if not isinstance(ids, dict):
-            raise PublishError(status, "bad_response", f"no ids in the answer: {raw[:200]!r}")
-        return ids
+        value = body.get(field) if isinstance(body, dict) else None
+        if not isinstance(value, dict):
+            raise PublishError(status, "bad_response", f"no {field} in the answer: {raw[:200]!r}")
+        return value
     error = body.get("error") if isinstance(body, dict) else None
     if not isinstance(error, dict):
         error = {"code": f"http_{status}", "message": raw[:200].decode("utf-8", "replace") or http.client.responses.get(status, "")}
@@ -226,18 +245,20 @@ def _seconds(retry_after: str | None) -> float | None:
         return None
 
 
-class Publisher(_PublisherBase[dict[str, str]]):
-    """Synchronous publisher; every method returns ``{channel: event id}``.
+class Publisher(_PublisherBase[dict[str, Any]]):
+    """Synchronous publisher; every method returns ``{channel: event id}`` (``notify``:
+    the notification).
 
     Retries sleep in the calling thread (at most ``retries`` times).
     """
 
-    def _post(self, path: str, body: dict[str, Any], idempotency_key: str | None) -> dict[str, str]:
+    def _post(self, path: str, body: dict[str, Any], idempotency_key: str | None,
+              answer: str = "ids") -> dict[str, Any]:
         url, payload, headers = self._prepare(path, body, idempotency_key)
         retry = 0
         while True:
             try:
-                return _answer(*self._fetch(url, payload, headers))
+                return _answer(*self._fetch(url, payload, headers), answer)
             except PublishError as error:
                 retry += 1
                 delay = self._retry_delay_s(retry, error)
@@ -257,16 +278,18 @@ class Publisher(_PublisherBase[dict[str, str]]):
             raise PublishError(None, "unreachable", f"{url}: {exc}") from exc
 
 
-class AsyncPublisher(_PublisherBase[Awaitable[dict[str, str]]]):
+class AsyncPublisher(_PublisherBase[Awaitable[dict[str, Any]]]):
     """Asynchronous publisher (Tornado's ``AsyncHTTPClient``, any asyncio loop);
-    every method is awaited and gives ``{channel: event id}``."""
+    every method is awaited and gives ``{channel: event id}`` (``notify``: the
+    notification)."""
 
-    async def _post(self, path: str, body: dict[str, Any], idempotency_key: str | None) -> dict[str, str]:
+    async def _post(self, path: str, body: dict[str, Any], idempotency_key: str | None,
+                    answer: str = "ids") -> dict[str, Any]:
         url, payload, headers = self._prepare(path, body, idempotency_key)
         retry = 0
         while True:
             try:
-                return _answer(*await self._fetch(url, payload, headers))
+                return _answer(*await self._fetch(url, payload, headers), answer)
             except PublishError as error:
                 retry += 1
                 delay = self._retry_delay_s(retry, error)

@@ -208,7 +208,11 @@ class RealtimeClient:
         await self._wait_connected(None)
 
     async def close(self) -> None:
-        """Close the connection (code 1000) and stop; events not yet consumed are dropped."""
+        """Close the connection (code 1000) and stop; events not yet consumed are dropped,
+        the acknowledgement of those processed is sent first."""
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._flush_acks()
         task, self._run_task = self._run_task, None
         if task is not None and not task.done():
             task.cancel()

@@ -406,3 +406,52 @@ async def test_idle_close_4008_reconnects_on_the_next_activity(spawn: Callable[.
     assert await probe.client.ping() >= 0  # activity: connects again first
     assert probe.client.state == "connected"
     await probe.client.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_notify_and_the_inbox_from_python(server: ServerProcess) -> None:
+    user = new_id("inbox")
+    publisher = AsyncPublisher(server.url, API_KEY)
+    created = await publisher.notify([user], "Report ready", "The weekly report is ready", level="success",
+                                     category="report", data={"report_id": "r1"}, link="/reports/r1")
+    assert created["status"] == "unread" and created["title"] == "Report ready"
+    probe = Probe(server.ws_url, user)
+    await probe.client.connect()
+    page = await probe.client.notifications.list()
+    assert [i["id"] for i in page["items"]] == [created["id"]] and page["unread"] == 1
+    await probe.frame(lambda f: f.get("type") == "unread_count" and f["count"] == 1)
+    assert probe.client.unread_count == 1
+    await probe.client.notifications.read([created["id"]])
+    await probe.frame(lambda f: f.get("type") == "unread_count" and f["count"] == 0)
+    assert probe.client.unread_count == 0
+    with pytest.raises(RealtimeError) as refused:
+        await probe.client.notifications.dismiss(["1-0"])
+    assert refused.value.code == "not_found"
+    await probe.client.notifications.read_all()
+    await probe.client.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_auto_acks_are_coalesced_so_a_fast_stream_never_trips_the_frame_rate_limit(server: ServerProcess) -> None:
+    user = new_id("fast")
+    probe = Probe(server.ws_url, user)
+    await probe.client.connect()
+    publisher = AsyncPublisher(server.url, API_KEY)
+    ids = []
+    for batch in range(6):  # 600 events in about a second: one ack frame each would be 12x the limit
+        sent = await asyncio.gather(*(publisher.publish("x.tick", {"i": i}, users=[user]) for i in range(100)))
+        ids += [s[f"user:{user}"] for s in sent]
+    received = [(await probe.event()).id for _ in ids]
+    assert sorted(received) == sorted(ids)
+    await probe.client.ping()  # after every frame sent so far: any refusal has arrived
+    errors = []
+    while not probe.frames.empty():
+        frame = probe.frames.get_nowait()
+        if frame.get("type") == "error":
+            errors.append(frame)
+    assert errors == []  # no rate_limited
+    await probe.client.close()  # sends the last coalesced ack first
+    again = Probe(server.ws_url, user)
+    await again.client.connect()
+    assert again.client.welcome["replayed"] == 0  # everything was acknowledged
+    await again.client.close()
