@@ -6,6 +6,7 @@ same contract suite holds for both.
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
@@ -150,7 +151,8 @@ class MemoryInbox(Inbox):
                 if inbox.status[nid] in wanted]
         rows += [(k, self._item(gid, stored, self._global_status(inbox, gid))) for gid, (k, stored) in self._globals.items()
                  if self._global_status(inbox, gid) in wanted]
-        rows = sorted((r for r in rows if below is None or r[0] < below), key=lambda r: r[0], reverse=True)
+        # the newest limit + 1 (one more tells whether there is a next page), not a full sort
+        rows = heapq.nlargest(limit + 1, (r for r in rows if below is None or r[0] < below), key=lambda r: r[0])
         page = [item for _, item in rows[:limit]]
         next_cursor = page[-1]["id"] if len(rows) > limit else None
         return Page(page, next_cursor, self._counter(inbox))

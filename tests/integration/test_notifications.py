@@ -10,6 +10,7 @@ import pytest
 import ujson
 
 from tests.integration.test_ws_basic import publish
+from tests.support.schemas import is_valid
 from tests.support.wsclient import Client, connect
 
 FAILED = {"execution_id": "ex-42", "team_id": "t1", "status": "failed", "progress": 60,
@@ -67,6 +68,7 @@ async def test_post_notifications_creates_one_per_user_pushed_live_and_is_idempo
             "level": "success", "category": "report", "data": {"report_id": "r1"}, "link": "/reports/r1"}
     response = await notify(http_client, base_url, body, **{"Idempotency-Key": "report-r1"})
     assert response.code == 200, response.body
+    assert is_valid("http.json", ujson.loads(response.body), "notification_response")
     created = ujson.loads(response.body)["notification"]
     event = await client.recv_until(lambda f: f["type"] == "event" and f["event"] == "notification.created",
                                     "notification.created")
@@ -224,11 +226,13 @@ async def test_rest_operations_for_backend_services(http_client: Any, base_url: 
                                      headers={"Authorization": "Bearer test-api-key"}, raise_error=False)
     assert listed.code == 200, listed.body
     body = ujson.loads(listed.body)
+    assert is_valid("http.json", body, "notifications_page")
     assert [i["id"] for i in body["items"]] == [created["id"]] and body["unread"] == 1
     client = await connect(ws_url, token("u1"))
     await count(client, 1)
     read = await publish(http_client, base_url, {"ids": [created["id"]]}, path="/api/v1/users/u1/notifications/read")
     assert read.code == 200 and ujson.loads(read.body)["unread"] == 0
+    assert is_valid("http.json", ujson.loads(read.body), "notification_change")
     await count(client, 0)
     missing = await publish(http_client, base_url, {"ids": [created["id"]]},
                             path="/api/v1/users/u2/notifications/dismiss")

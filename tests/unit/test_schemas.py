@@ -335,6 +335,7 @@ def test_shared_definitions_are_identical() -> None:
     names = [load(n)["$defs"]["event_name"] for n in ("frames.server.json", "events.json", "http.json")]
     assert names[0] == names[1] == names[2]
     assert load("frames.server.json")["$defs"]["notification"] == load("events.json")["$defs"]["notification"]
+    assert load("http.json")["$defs"]["notification"] == load("events.json")["$defs"]["notification"]
     assert load("frames.server.json")["$defs"]["channel"] == load("frames.client.json")["$defs"]["channel"]
 
 
