@@ -5,21 +5,27 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import logging
 import re
 from typing import Any
 from urllib.parse import urlsplit
 
+import hypothesis
 import pytest
 import ujson
+from hypothesis.strategies import SearchStrategy
 from tornado.httpclient import AsyncHTTPClient
 
+from renum_rt import channels
 from renum_rt.engines import EngineUnavailable
+from renum_rt.protocol import CODES
 from tests.conftest import API_KEY, SECRET
 from tests.integration.test_ws_basic import publish
 from tests.support.schemas import load
 from tests.support.server_process import ServerProcess
 from tests.support.wsclient import connect
+from tests.unit.test_fuzz import BODIES
 
 STATUS = {"execution_id": "e1", "team_id": "t1", "status": "failed", "progress": 60,
           "error": {"code": "agent_crashed", "message": "agent 3 stopped", "details": {"agent": 3}}}
@@ -490,3 +496,54 @@ async def test_json_answers_are_not_sniffed(http_client: Any, base_url: str) -> 
                await http_client.fetch(base_url + "/nowhere", raise_error=False),
                await http_client.fetch(base_url + "/healthz")]
     assert [a.headers.get("X-Content-Type-Options") for a in answers] == ["nosniff"] * 4
+
+
+def generated(strategy: SearchStrategy[Any], count: int) -> list[Any]:
+    """About ``count`` values drawn by Hypothesis from ``strategy`` (generation only:
+    the server is checked on all of them below, not shrunk per example)."""
+    values: list[Any] = []
+
+    @hypothesis.settings(max_examples=count, deadline=None, database=None, phases=[hypothesis.Phase.generate])
+    @hypothesis.given(strategy)
+    def collect(value: Any) -> None:
+        values.append(value)
+
+    collect()
+    return values
+
+
+def channels_named(body: Any) -> set[str]:
+    """The publishable channels ``body`` names: the only ones a request can store into."""
+    names: list[object] = ["system"]
+    if isinstance(body, dict):
+        listed = body.get("users") if isinstance(body.get("users"), list) else []
+        names += [body.get("channel")] + [f"user:{u}" for u in listed if isinstance(u, str)]
+    publishable = set()
+    for name in names:
+        try:
+            publishable.add(channels.check_publishable(name))
+        except channels.ChannelError:
+            pass
+    return publishable
+
+
+@pytest.mark.parametrize("settings", ["memory"], indirect=True)
+@pytest.mark.gen_test(timeout=60)
+async def test_generated_bodies_get_a_json_answer_and_only_accepted_ones_are_stored(
+    http_client: Any, base_url: str, node: Any
+) -> None:
+    accepted: set[tuple[str, str]] = set()
+    named: set[str] = set()
+    for body in generated(BODIES, 250):
+        text = json.dumps(body)  # NaN and Infinity as ujson reads them, lone surrogates as \u escapes
+        targeted = isinstance(body, dict) and ("channel" in body or "users" in body)
+        response = await post_text(http_client, base_url, text, path="/api/v1/publish" if targeted else "/api/v1/broadcast")
+        if response.code == 200:
+            accepted |= set(ujson.loads(response.body)["ids"].items())
+        else:
+            assert 400 <= response.code < 500, (response.code, text)
+            assert error_of(response)["code"] in CODES and error_of(response)["message"], text
+        named |= channels_named(body)
+    assert (await http_client.fetch(base_url + "/healthz")).code == 200
+    assert accepted, "no generated body was accepted: the strategy no longer tests the accepting path"
+    assert {(name, event.id) for name in named for event in await stored(node, name)} == accepted
