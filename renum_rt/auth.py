@@ -11,7 +11,7 @@ key id the cache does not know (at most once per ``JWKS_MIN_REFETCH_S``).
 from __future__ import annotations
 
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, TypeVar
 
 import jwt
 import ujson
@@ -23,6 +23,7 @@ from .config import Settings
 HMAC_ALGS = ["HS256", "HS384", "HS512"]
 ASYM_ALGS = ["RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512"]
 JWKS_MIN_REFETCH_S = 10.0
+T = TypeVar("T")
 
 
 class AuthError(Exception):
@@ -177,7 +178,7 @@ class Authenticator:
         self._loaded_at = self._clock()
         return True
 
-    async def _run(self, check: Callable[[str], Any], token: str) -> Any:
+    async def _run(self, check: Callable[[str], T], token: str) -> T:
         """Run ``check``; load the JWKS first when it is older than its cache time
         (rotated-out keys stop working), and again when the token names a new kid."""
         if self._fetch is not None and (self._loaded_at is None or self._clock() - self._loaded_at > self._max_age_s):
@@ -202,7 +203,8 @@ def http_jwks_fetcher(url: str) -> Callable[[], Awaitable[dict[str, Any]]]:
 
     async def fetch() -> dict[str, Any]:
         response = await AsyncHTTPClient().fetch(url, request_timeout=5)
-        return ujson.loads(response.body)
+        document: dict[str, Any] = ujson.loads(response.body)
+        return document
 
     return fetch
 

@@ -107,7 +107,7 @@ async def notifications_list(gateway: Gateway, conn: Connection, frame: ClientFr
     assert user is not None
     limit = min(frame.get("limit", gateway.settings.notifications_page_default), gateway.settings.notifications_page_max)
     page = await _inbox(gateway, conn, frame,
-                        gateway.notifications.list(user, frame.get("status"), limit, frame.get("cursor")))
+                        gateway.notifications.page(user, frame.get("status"), limit, frame.get("cursor")))
     conn.send({"type": "notifications", "ref": frame.ref, **page})  # type: ignore[dict-item]
 
 

@@ -130,7 +130,7 @@ class Notifications:
 
     # ---------------------------------------------------------------- a user's operations
 
-    async def list(self, user: str, status: Status | None, limit: int, cursor: str | None) -> dict[str, Any]:
+    async def page(self, user: str, status: Status | None, limit: int, cursor: str | None) -> dict[str, Any]:
         page = await self.engine.inbox.list(user, status, limit, cursor, self._now_ms())
         return {"items": page.items, "next_cursor": page.next_cursor, "unread": page.unread.count}
 

@@ -364,7 +364,7 @@ class RedisInbox(Inbox):
         keys = list(self._shared)
         for user in unique:
             keys += self._user_keys(user)
-        args = [now_ms, encode(stored), self._limits.max_per_user, self._horizons(now_ms)[0], self._limits.max_age_s,
+        args: list[str | int] = [now_ms, encode(stored), self._limits.max_per_user, self._horizons(now_ms)[0], self._limits.max_age_s,
                 self._idem(idempotency_key), ttl_s]
         reply = cast(list[Any], await self._run("inbox.create", lambda: self._create(keys=keys, args=args),
                                                  idempotency_key is not None))
@@ -377,7 +377,7 @@ class RedisInbox(Inbox):
     async def announce(self, fields: dict[str, Any], now_ms: int, idempotency_key: str | None = None,
                        ttl_s: int = IDEMPOTENCY_TTL_S) -> tuple[dict[str, Any], bool]:
         stored = {**fields, "created_at": now_ms}
-        args = [now_ms, encode(stored), self._limits.max_global, self._horizons(now_ms)[1],
+        args: list[str | int] = [now_ms, encode(stored), self._limits.max_global, self._horizons(now_ms)[1],
                 self._idem(idempotency_key), ttl_s]
         reply = await self._run("inbox.announce", lambda: self._announce(keys=self._shared, args=args),
                                idempotency_key is not None)
@@ -388,7 +388,7 @@ class RedisInbox(Inbox):
     async def list(self, user: str, status: Status | None, limit: int, cursor: str | None, now_ms: int) -> Page:
         wanted = "unread read" if status is None else status
         below = str(key(cursor)) if cursor is not None else ""
-        args = [wanted, below, limit, *self._horizons(now_ms)]
+        args: list[str | int] = [wanted, below, limit, *self._horizons(now_ms)]
         keys = self._shared + self._user_keys(user)
         reply = cast(list[Any], await self._run("inbox.list", lambda: self._list(keys=keys, args=args), True))
         rows = []
@@ -403,7 +403,7 @@ class RedisInbox(Inbox):
         return Page(items, next_cursor, Counter(int(reply[0]), int(reply[1])))
 
     async def mark(self, user: str, ids: Sequence[str], status: Literal["read", "dismissed"], now_ms: int) -> Change:
-        args = [status, *self._horizons(now_ms), self._limits.max_age_s, *ids]
+        args: list[str | int] = [status, *self._horizons(now_ms), self._limits.max_age_s, *ids]
         keys = self._shared + self._user_keys(user)
         reply = cast(list[Any], await self._run("inbox.mark", lambda: self._mark(keys=keys, args=args), True))
         if reply[0] == 0:
@@ -412,7 +412,7 @@ class RedisInbox(Inbox):
 
     async def read_all(self, user: str, before: str | None, now_ms: int) -> Change:
         upto = str(key(before)) if before is not None else ""
-        args = [upto, *self._horizons(now_ms), self._limits.max_age_s]
+        args: list[str | int] = [upto, *self._horizons(now_ms), self._limits.max_age_s]
         keys = self._shared + self._user_keys(user)
         reply = cast(list[Any], await self._run("inbox.read_all", lambda: self._read_all(keys=keys, args=args),
                                                  True))

@@ -69,7 +69,7 @@ class UserNotificationsHandler(ServiceHandler):
                                 field="cursor")
             limit = min(int(raw_limit), settings.notifications_page_max)
             try:
-                page = await self.gateway.notifications.list(user, status, limit, cursor)  # type: ignore[arg-type]
+                page = await self.gateway.notifications.page(user, status, limit, cursor)  # type: ignore[arg-type]
             except EngineUnavailable as exc:
                 raise unavailable(exc) from None
         except HttpError as error:
