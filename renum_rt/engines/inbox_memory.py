@@ -7,6 +7,7 @@ same contract suite holds for both.
 from __future__ import annotations
 
 import heapq
+import itertools
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
@@ -25,6 +26,16 @@ class _User:
     global_status: dict[str, Status] = field(default_factory=dict)
     boundary: int = -1
     version: int = 0
+    #: personal notifications with status unread (kept, not counted on every call)
+    unread: int = 0
+
+    def set_status(self, nid: str, status: Status) -> None:
+        self.unread += (status == "unread") - (self.status.get(nid) == "unread")
+        self.status[nid] = status
+
+    def drop(self, nid: str) -> None:
+        self.unread -= self.status.pop(nid) == "unread"
+        del self.items[nid]
 
 
 class MemoryInbox(Inbox):
@@ -57,25 +68,32 @@ class MemoryInbox(Inbox):
         return inbox
 
     def _expire(self, inbox: _User, now_ms: int) -> None:
+        """Drop what is past its age: ids grow with time, so the oldest come first."""
         horizon = (now_ms - self._limits.max_age_s * 1000) * SEQ_PER_MS
-        for nid in [nid for nid, (k, _) in inbox.items.items() if k < horizon]:
-            del inbox.items[nid]
-            del inbox.status[nid]
+        while inbox.items:
+            nid, (k, _) = next(iter(inbox.items.items()))
+            if k >= horizon:
+                break
+            inbox.drop(nid)
         ghorizon = (now_ms - self._limits.global_max_age_s * 1000) * SEQ_PER_MS
-        for gid in [gid for gid, (k, _) in self._globals.items() if k < ghorizon]:
+        while self._globals:
+            gid, (k, _) = next(iter(self._globals.items()))
+            if k >= ghorizon:
+                break
             del self._globals[gid]
         for gid in [gid for gid in inbox.global_status if gid not in self._globals]:
             del inbox.global_status[gid]
 
     def _trim(self, inbox: _User) -> None:
+        """Past the cap: the oldest dismissed ones go first, then read, then unread."""
         over = len(inbox.items) - self._limits.max_per_user
-        if over <= 0:
-            return
-        order = {"dismissed": 0, "read": 1, "unread": 2}
-        victims = sorted(inbox.items, key=lambda nid: (order[inbox.status[nid]], inbox.items[nid][0]))[:over]
-        for nid in victims:
-            del inbox.items[nid]
-            del inbox.status[nid]
+        for status in ("dismissed", "read", "unread"):
+            if over <= 0:
+                return
+            victims = [nid for nid in inbox.items if inbox.status[nid] == status][:over]
+            for nid in victims:
+                inbox.drop(nid)
+            over -= len(victims)
 
     def _global_status(self, inbox: _User, gid: str) -> Status:
         state = inbox.global_status.get(gid)
@@ -84,9 +102,8 @@ class MemoryInbox(Inbox):
         return "read" if self._globals[gid][0] <= inbox.boundary else "unread"
 
     def _counter(self, inbox: _User) -> Counter:
-        personal = sum(1 for s in inbox.status.values() if s == "unread")
         shared = sum(1 for gid in self._globals if self._global_status(inbox, gid) == "unread")
-        return Counter(personal + shared, inbox.version + self._global_version)
+        return Counter(inbox.unread + shared, inbox.version + self._global_version)
 
     @staticmethod
     def _item(nid: str, stored: dict[str, Any], status: Status) -> dict[str, Any]:
@@ -118,7 +135,7 @@ class MemoryInbox(Inbox):
             inbox = self._user(user)
             self._expire(inbox, now_ms)
             inbox.items[nid] = (k, stored)
-            inbox.status[nid] = "unread"
+            inbox.set_status(nid, "unread")
             self._trim(inbox)
             inbox.version += 1
             counts[user] = self._counter(inbox)
@@ -135,8 +152,8 @@ class MemoryInbox(Inbox):
         gid = "g" + nid
         stored = {**fields, "created_at": now_ms}
         self._globals[gid] = (k, stored)
-        while len(self._globals) > self._limits.max_global:
-            del self._globals[min(self._globals, key=lambda g: self._globals[g][0])]
+        while len(self._globals) > self._limits.max_global:  # the oldest first: ids grow
+            del self._globals[next(iter(self._globals))]
         self._global_version += 1
         notification = self._item(gid, stored, "unread")
         self._remember(idempotency_key, notification, now_ms, ttl_s)
@@ -147,12 +164,14 @@ class MemoryInbox(Inbox):
         self._expire(inbox, now_ms)
         wanted = ("unread", "read") if status is None else (status,)
         below = key(cursor) if cursor is not None else None
-        rows = [(k, self._item(nid, stored, inbox.status[nid])) for nid, (k, stored) in inbox.items.items()
-                if inbox.status[nid] in wanted]
-        rows += [(k, self._item(gid, stored, self._global_status(inbox, gid))) for gid, (k, stored) in self._globals.items()
-                 if self._global_status(inbox, gid) in wanted]
-        # the newest limit + 1 (one more tells whether there is a next page), not a full sort
-        rows = heapq.nlargest(limit + 1, (r for r in rows if below is None or r[0] < below), key=lambda r: r[0])
+        # both sources newest first and lazily: a page costs its size, not the inbox's
+        personal = ((k, self._item(nid, stored, inbox.status[nid])) for nid, (k, stored) in reversed(inbox.items.items())
+                    if inbox.status[nid] in wanted and (below is None or k < below))
+        shared = ((k, self._item(gid, stored, self._global_status(inbox, gid)))
+                  for gid, (k, stored) in reversed(self._globals.items())
+                  if self._global_status(inbox, gid) in wanted and (below is None or k < below))
+        merged = heapq.merge(personal, shared, key=lambda row: row[0], reverse=True)
+        rows = list(itertools.islice(merged, limit + 1))  # one more tells whether there is a next page
         page = [item for _, item in rows[:limit]]
         next_cursor = page[-1]["id"] if len(rows) > limit else None
         return Page(page, next_cursor, self._counter(inbox))
@@ -172,7 +191,7 @@ class MemoryInbox(Inbox):
             if is_global:
                 inbox.global_status[nid] = status
             else:
-                inbox.status[nid] = status
+                inbox.set_status(nid, status)
             changed.append(nid)
         if changed:
             inbox.version += 1
@@ -185,7 +204,7 @@ class MemoryInbox(Inbox):
         changed = [nid for nid, (k, _) in inbox.items.items()
                    if inbox.status[nid] == "unread" and (upto is None or k <= upto)]
         for nid in changed:
-            inbox.status[nid] = "read"
+            inbox.set_status(nid, "read")
         read_globals = [gid for gid, (k, _) in self._globals.items()
                         if self._global_status(inbox, gid) == "unread" and (upto is None or k <= upto)]
         # one boundary marks read every global notification up to it, however many there are
