@@ -49,7 +49,7 @@ def dev_settings(settings: Settings) -> Settings:
 
     secret = settings.jwt_secret or secrets.token_urlsafe(32)
     key = settings.api_key or (f"dev-{secrets.token_urlsafe(24)}",)
-    settings = with_changes(settings, jwt_secret=secret, api_key=key)
+    settings = with_changes(settings, jwt_secret=secret, api_key=key, dev=True)
     base = f"http://{settings.host}:{settings.port}"
     user = issue_token(secret, "dev-user", ttl_s=24 * 3600, teams=["dev-team"])
     admin = issue_token(secret, "dev-admin", ttl_s=24 * 3600, app_metadata={"role": "admin"})
@@ -62,7 +62,9 @@ def dev_settings(settings: Settings) -> Settings:
         f"  publish:      curl -s {base}/api/v1/publish -H 'Authorization: Bearer {key[0]}' "
         "-H 'Content-Type: application/json' -d '{\"users\":[\"dev-user\"],\"event\":\"execution.status\","
         "\"data\":{\"execution_id\":\"e1\",\"team_id\":\"dev-team\",\"status\":\"running\",\"progress\":40}}'\n"
-        f"  admin page:   {base}/admin",
+        f"  admin page:   {base}/admin   (sign in with the admin token)\n"
+        f"  demo pages:   {base}/demo/  and  {base}/demo/executions/e1   (signed in as dev-user)\n"
+        "  origins:      pages from any http://localhost:<port> or 127.0.0.1 may connect (dev mode only)",
         flush=True,
     )
     return settings

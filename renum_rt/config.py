@@ -103,6 +103,10 @@ class Settings:
     # -- logging
     log_level: str = "info"
 
+    #: development mode (``--dev``): pages from any localhost origin may connect, and the
+    #: demo pages get a user token without a login step; never in production
+    dev: bool = False
+
     def origin_allowed(self, origin: str, host: str) -> bool:
         """May a browser page from ``origin`` open /ws on this server, reached as ``host``?
 
@@ -111,6 +115,8 @@ class Settings:
         a page served by this server, or by a proxy in front of it, sends).
         """
         origin = origin.rstrip("/").lower()
+        if self.dev and _is_local(origin):
+            return True
         if self.allowed_origins:
             return origin in {o.rstrip("/").lower() for o in self.allowed_origins}
         if self.public_origin:
@@ -121,6 +127,13 @@ class Settings:
     def idle_sweep_s(self) -> float:
         """How often idle connections are looked for: a tenth of the timeout, at most 60 s."""
         return max(0.05, min(60.0, self.idle_timeout / 10))
+
+
+def _is_local(origin: str) -> bool:
+    """An http(s) origin on this machine, any port (a Vite or Next dev server)."""
+    scheme, _, netloc = origin.partition("://")
+    host = netloc.rsplit(":", 1)[0] if not netloc.endswith("]") else netloc
+    return scheme in ("http", "https") and host in ("localhost", "127.0.0.1", "[::1]")
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}

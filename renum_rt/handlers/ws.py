@@ -56,7 +56,11 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
     async def get(self, *args: Any, **kwargs: Any) -> None:
         origin = self.request.headers.get("Origin")
         if origin is not None and not self.gateway.settings.origin_allowed(origin, self.request.host):
-            return self._refuse(403, "forbidden", "origin not allowed")
+            # the browser shows only a failed connection: the server's log says what to change
+            log(logging.WARNING, "origin refused", origin=origin[:200], ip=self.request.remote_ip,
+                fix="add it to RENUM_RT_ALLOWED_ORIGINS (comma-separated), or set RENUM_RT_PUBLIC_ORIGIN")
+            return self._refuse(403, "forbidden", f"origin {origin[:200]!r} not allowed: add it to "
+                                "RENUM_RT_ALLOWED_ORIGINS on the server")
         offered = [p.strip() for p in self.request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
         versions = [p for p in offered if p.startswith("renum.")]
         if versions and not any(p in SUBPROTOCOLS for p in versions):

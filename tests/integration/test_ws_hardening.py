@@ -95,3 +95,21 @@ async def test_since_past_the_newest_event_is_not_recovered_and_goes_live(
     sent = ujson.loads((await publish(http_client, base_url, body)).body)["ids"]["team:t1"]
     assert (await client.recv_type("event"))["id"] == sent
     client.close()
+
+
+@pytest.mark.gen_test
+async def test_a_refused_origin_gets_403_and_the_log_says_which_setting_to_change(
+    ws_url: str, token: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(tornado.httpclient.HTTPClientError) as refused:
+        await connect(ws_url, token("u1"), headers={"Origin": "http://localhost:5173"})
+    assert refused.value.code == 403
+    assert any("RENUM_RT_ALLOWED_ORIGINS" in str(getattr(r, "fields", {})) for r in caplog.records)
+
+
+@pytest.mark.settings(dev=True)
+@pytest.mark.gen_test
+async def test_dev_mode_accepts_a_page_from_a_local_dev_server(ws_url: str, token: Any) -> None:
+    client = await connect(ws_url, token("u1"), headers={"Origin": "http://localhost:5173"})
+    assert (await client.request({"type": "ping"}))["type"] == "pong"
+    client.close()

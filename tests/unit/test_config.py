@@ -293,3 +293,19 @@ def test_http_timeouts_must_be_positive(name: str, raw: str) -> None:
     with pytest.raises(ConfigError) as info:
         load(env={f"RENUM_RT_{name.upper()}": raw})
     assert repr(name) in str(info.value)
+
+
+@pytest.mark.parametrize("origin, allowed", [
+    ("http://localhost:5173", True), ("http://127.0.0.1:3000", True), ("https://localhost", True),
+    ("http://[::1]:8080", True), ("http://evil.example", False), ("http://localhost.evil.example:80", False),
+    ("file://localhost", False),
+])
+def test_dev_mode_lets_pages_from_any_local_origin_connect(origin: str, allowed: bool) -> None:
+    assert Settings(dev=True).origin_allowed(origin, "127.0.0.1:8765") is allowed
+    assert Settings().origin_allowed(origin, "127.0.0.1:8765") is False  # never outside dev mode
+
+
+def test_dev_is_a_boolean_setting_from_the_environment() -> None:
+    assert load(env={"RENUM_RT_DEV": "true"}).dev is True
+    with pytest.raises(ConfigError):
+        load(env={"RENUM_RT_DEV": "maybe"})
