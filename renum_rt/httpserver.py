@@ -13,7 +13,8 @@ choose the address that the per-address connection cap and the logs see. The com
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import tornado.httpserver
 import tornado.httputil

@@ -73,7 +73,8 @@ class ServiceHandler(JsonHandler):
         wait = self.buckets.take(key, time.monotonic())
         if wait:
             seconds = max(1, math.ceil(wait))
-            raise HttpError(429, "rate_limited", "too many requests for this API key", headers={"Retry-After": str(seconds)})
+            raise HttpError(429, "rate_limited", "too many requests for this API key",
+                            headers={"Retry-After": str(seconds)})
         return key
 
     def idempotency_key(self) -> str | None:
@@ -83,7 +84,8 @@ class ServiceHandler(JsonHandler):
         if key is None:
             return None
         if not (0 < len(key) <= MAX_IDEMPOTENCY_KEY) or not key.isprintable():
-            raise HttpError(400, "bad_request", f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters",
+            raise HttpError(400, "bad_request",
+                            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters",
                             field="Idempotency-Key")
         scope = hashlib.sha256(self._api_key.encode()).hexdigest()[:16]
         return f"{scope}:{self.request.path}:{key}"

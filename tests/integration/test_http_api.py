@@ -268,7 +268,9 @@ KEY = {"Authorization": f"Bearer {API_KEY}"}
 
 @pytest.mark.parametrize("auth", [{}, {"Authorization": "Bearer wrong"}])
 @pytest.mark.gen_test
-async def test_the_key_is_checked_before_the_body_is_read(http_server: Any, base_url: str, auth: dict[str, str]) -> None:
+async def test_the_key_is_checked_before_the_body_is_read(
+    http_server: Any, base_url: str, auth: dict[str, str]
+) -> None:
     """An unauthenticated upload is answered from its headers: nothing of it is read."""
     status, body = await raw_request(base_url, {**auth, **JSON, "Content-Length": str(4 << 20)})
     assert status == 401 and body["error"]["code"] == "unauthorized"
@@ -276,7 +278,9 @@ async def test_the_key_is_checked_before_the_body_is_read(http_server: Any, base
 
 @pytest.mark.settings(http_max_body_bytes=1000)
 @pytest.mark.gen_test
-async def test_a_declared_length_above_the_limit_is_413_before_the_body_is_read(http_server: Any, base_url: str) -> None:
+async def test_a_declared_length_above_the_limit_is_413_before_the_body_is_read(
+    http_server: Any, base_url: str
+) -> None:
     status, body = await raw_request(base_url, {**KEY, **JSON, "Content-Length": "1001"})
     assert status == 413 and body["error"]["code"] == "too_large"
 
@@ -537,7 +541,8 @@ async def test_generated_bodies_get_a_json_answer_and_only_accepted_ones_are_sto
     for body in generated(BODIES, 250):
         text = json.dumps(body)  # NaN and Infinity as ujson reads them, lone surrogates as \u escapes
         targeted = isinstance(body, dict) and ("channel" in body or "users" in body)
-        response = await post_text(http_client, base_url, text, path="/api/v1/publish" if targeted else "/api/v1/broadcast")
+        path = "/api/v1/publish" if targeted else "/api/v1/broadcast"
+        response = await post_text(http_client, base_url, text, path=path)
         if response.code == 200:
             accepted |= set(ujson.loads(response.body)["ids"].items())
         else:

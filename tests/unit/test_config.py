@@ -277,7 +277,8 @@ def test_http_connection_defaults() -> None:
 def test_trusted_proxies_from_env_and_toml(tmp_path: Path) -> None:
     assert load(env={"RENUM_RT_TRUSTED_PROXIES": "10.0.0.1, 10.1.0.0/16,fd00::/8"}).trusted_proxies == (
         "10.0.0.1", "10.1.0.0/16", "fd00::/8")
-    assert load(write(tmp_path, 'trusted_proxies = ["192.168.0.0/24"]\n'), env={}).trusted_proxies == ("192.168.0.0/24",)
+    from_file = load(write(tmp_path, 'trusted_proxies = ["192.168.0.0/24"]\n'), env={})
+    assert from_file.trusted_proxies == ("192.168.0.0/24",)
 
 
 @pytest.mark.parametrize("raw", ["proxy.internal", "10.0.0.0/33", "10.0.0.1,nope"])

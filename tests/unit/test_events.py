@@ -156,7 +156,11 @@ def test_every_domain_event_of_the_contract_is_known() -> None:
             execution(status="done"),
             "data.status must be one of queued, running, completed, failed, cancelled",
         ),
-        ("execution.status", execution(error={"code": "x"}), "execution.status needs data.error.message: a non-empty string"),
+        (
+            "execution.status",
+            execution(error={"code": "x"}),
+            "execution.status needs data.error.message: a non-empty string",
+        ),
         ("custom", [], "data must be a JSON object"),
     ],
 )
@@ -181,7 +185,10 @@ VALID_PUBLISH: list[tuple[dict[str, Any], PublishRequest]] = [
         PublishRequest("custom", {}, "team:t1", ("u1",)),
     ),
     ({"event": "custom", "data": {}, "channel": "system", "users": None}, PublishRequest("custom", {}, "system", ())),
-    ({"event": "custom", "data": {}, "channel": None, "users": ["a@b.c"]}, PublishRequest("custom", {}, None, ("a@b.c",))),
+    (
+        {"event": "custom", "data": {}, "channel": None, "users": ["a@b.c"]},
+        PublishRequest("custom", {}, None, ("a@b.c",)),
+    ),
     (
         {"event": "custom", "data": {}, "channel": "user:u1"},
         PublishRequest("custom", {}, "user:u1", ()),
