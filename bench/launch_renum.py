@@ -46,13 +46,13 @@ def parse_args() -> argparse.Namespace:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    import tornado.httpserver
     import tornado.ioloop
     import tornado.web
 
     from renum_rt import channels
     from renum_rt.app import Node
     from renum_rt.config import load, with_changes
+    from renum_rt.httpserver import HTTPServer, http_server_options
     from renum_rt.logs import setup
 
     settings = load(None, host="127.0.0.1", port=args.port, log_level=args.log_level)
@@ -76,7 +76,7 @@ async def serve(args: argparse.Namespace) -> None:
 
     node.app.add_handlers(r".*", [(r"/bench/burst", BurstHandler)])
     await node.start()
-    server = tornado.httpserver.HTTPServer(node.app, xheaders=True)
+    server = HTTPServer(node.app, **http_server_options(settings))  # as the renum-rt command builds it
     server.listen(settings.port, "127.0.0.1")
     import renum_rt
 

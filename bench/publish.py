@@ -15,7 +15,7 @@ answer latency, end-to-end latency publish send -> WebSocket receipt (p50/p99/ma
 CLOCK_MONOTONIC), deliveries vs accepted events, server CPU per request and busy share.
 
 Bench-only settings, through the documented environment: the per-key publish rate
-limit (default 200 requests/s, burst 400) is raised with RENUM_RT_HTTP_RATE and
+limit (default 1000 requests/s, burst 2000) is raised with RENUM_RT_HTTP_RATE and
 RENUM_RT_HTTP_BURST, or the limiter would be what is measured (--keep-rate-limit keeps it).
 The Redis engine: with RENUM_RT_REDIS_URL set, that Redis (keys under a random prefix,
 expiring after an hour); with --redis, a private redis-server on a free port on core 1,
@@ -58,7 +58,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--check-contract", action="store_true",
                    help="run python -m pytest tests/contract -q first; skip Redis if it fails")
     p.add_argument("--keep-rate-limit", action="store_true",
-                   help="keep the default per-key publish rate limit (200/s, burst 400)")
+                   help="keep the default per-key publish rate limit (1000/s, burst 2000)")
     p.add_argument("--log-level", default="info", help="server log level (default info, as in production)")
     return p.parse_args()
 

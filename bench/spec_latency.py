@@ -19,7 +19,7 @@ Modes:
   per-user        one request per user per 100 ms, the users spread evenly over the
                   period (1,000 requests/s); the per-key rate limit raised to 2,000/s,
                   burst 4,000 (RENUM_RT_HTTP_RATE / RENUM_RT_HTTP_BURST)
-  per-user-default  the same with the default limit (200/s, burst 400): shows what the
+  per-user-default  the same with the default limit (1000/s, burst 2000): shows what the
                   default configuration does with this traffic
 PASS when every event was accepted (HTTP 200) and delivered exactly once, and the max
 end-to-end latency (from due) is below --limit-ms (500). p50/p99/max reported per mode.
