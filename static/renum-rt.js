@@ -27,6 +27,8 @@ const SUBPROTOCOL = "renum.v1";
 const ACK_INTERVAL_MS = 250;
 /** The token is refreshed this long before `exp` (or a tenth of its lifetime if shorter). */
 const REFRESH_LEAD_MS = 60000;
+/** Refreshes are at least this far apart: a client clock running ahead must not make a loop. */
+const REFRESH_GAP_MS = 1000;
 /** A subscribe refused for a passing reason is tried again after this, unless told otherwise. */
 const RESUBSCRIBE_DELAY_MS = 1000;
 /** setTimeout fires at once for longer delays: longer waits are taken in steps. */
@@ -201,12 +203,12 @@ class Connection {
     }
   }
 
-  /** Connect afresh: a new count of attempts. `token`, when given, is used for the first one. */
-  start(token) {
+  /** Connect afresh: a new count of attempts. */
+  start() {
     this._attempt = 0;
     this._refreshing = false;
     this._stop("connecting");
-    this._open(token);
+    this._open();
   }
 
   /** The leading tab goes away: fail the requests in flight, close, and say nothing more. */
@@ -296,18 +298,17 @@ class Connection {
 
   // -- the socket ---------------------------------------------------------------------
 
-  async _open(token) {
+  async _open() {
     const gen = ++this._gen;
-    if (token === undefined) {
-      try {
-        token = await this._opts.getToken();
-      } catch (error) {
-        if (gen !== this._gen) return;
-        console.error("renum-rt: getToken failed", error);
-        return this._refreshing ? this._stop("unauthorized") : this._retry();
-      }
+    let token;
+    try {
+      token = await this._opts.getToken();
+    } catch (error) {
       if (gen !== this._gen) return;
+      console.error("renum-rt: getToken failed", error);
+      return this._refreshing ? this._stop("unauthorized") : this._retry();
     }
+    if (gen !== this._gen) return;
     if (!token) return this._ended(CLOSE_UNAUTHORIZED); // like a refused token: one more try, then unauthorized
     let ws;
     try {
@@ -446,8 +447,9 @@ class Connection {
     try {
       frame = JSON.parse(data);
     } catch {
-      return console.error("renum-rt: ignoring a frame that is not JSON", data);
+      frame = null;
     }
+    if (typeof frame?.type !== "string") return console.error("renum-rt: ignoring a frame that is not a JSON object with a type", data);
     const pending = typeof frame.ref === "string" ? this._pending.get(frame.ref) : undefined;
     if (pending) {
       this._pending.delete(frame.ref);
@@ -548,7 +550,7 @@ class Connection {
     if (typeof claims?.exp !== "number") return;
     const expMs = claims.exp * 1000;
     const lifetimeMs = expMs - (typeof claims.iat === "number" ? claims.iat * 1000 : Date.now());
-    this._refreshAt(expMs - Math.min(REFRESH_LEAD_MS, lifetimeMs / 10), expMs);
+    this._refreshAt(Math.max(expMs - Math.min(REFRESH_LEAD_MS, lifetimeMs / 10), Date.now() + REFRESH_GAP_MS), expMs);
   }
 
   _refreshAt(dueMs, expMs) {
@@ -575,7 +577,7 @@ class Connection {
     // No new token yet (an identity provider may hand out its cached one until close to
     // expiry): ask again halfway to `exp`. After it, the server's 4001 starts a reconnection.
     const left = expMs - Date.now();
-    if (left > 0) this._refreshAt(Date.now() + Math.max(1000, left / 2), expMs);
+    if (left > 0) this._refreshAt(Date.now() + Math.max(REFRESH_GAP_MS, left / 2), expMs);
   }
 }
 
@@ -632,6 +634,14 @@ export class RenumRealtime {
       if (document.visibilityState === "visible" && (this._idle || this._state === "failed" || this._state === "reconnecting")) {
         this._up({ t: "cmd", op: "visible" });
       }
+    };
+    // A follower tab that goes away (closed, or kept in the back-forward cache) releases its
+    // channels, so the leader does not keep them subscribed for nobody; back, it asks again.
+    this._onPageHide = () => {
+      if (!this._conn) this._up({ t: "bye" });
+    };
+    this._onPageShow = (event) => {
+      if (event.persisted && !this._conn) this._up(this._hello());
     };
     /** The user's inbox. Each call resolves to the server's reply frame. */
     this.notifications = Object.freeze({
@@ -744,17 +754,16 @@ export class RenumRealtime {
    * follower, and lead when it is granted (at once when no other tab holds it).
    */
   async _join(run) {
-    let token;
+    let user;
     try {
-      token = await this._opts.getToken();
+      user = jwtClaims(await this._opts.getToken())?.sub;
     } catch (error) {
       console.error("renum-rt: getToken failed", error);
     }
     if (run !== this._run) return;
-    const user = jwtClaims(token)?.sub;
     // Tabs are grouped by user so that one never receives another's events: without a
     // readable `sub`, this tab keeps a connection of its own.
-    if (typeof user !== "string") return this._lead(token);
+    if (typeof user !== "string") return this._lead();
     const name = `renum-rt ${this._opts.url} ${user}`;
     this._bc = new BroadcastChannel(name);
     this._bc.onmessage = ({ data }) => {
@@ -766,17 +775,17 @@ export class RenumRealtime {
       new Promise((release) => {
         if (run !== this._run) return release();
         this._release = release;
-        this._lead(token);
+        this._lead();
       });
     navigator.locks.request(name, { signal: this._lockAbort.signal }, lead).catch((error) => {
       if (error.name !== "AbortError") console.error("renum-rt: Web Locks refused; this tab connects alone", error);
-      if (run === this._run && !this._conn) this._lead(token);
+      if (run === this._run && !this._conn) this._lead();
     });
     this._up(this._hello()); // to the current leader, if any; it answers with its state
   }
 
   /** Hold the connection for this tab (and for the others, when shared). */
-  _lead(token) {
+  _lead() {
     const bc = this._bc;
     this._conn = new Connection(this._opts, (msg) => {
       bc?.postMessage(msg);
@@ -785,7 +794,7 @@ export class RenumRealtime {
     this._failRequests("connection_lost", true); // a former leader will not answer them
     bc?.postMessage({ t: "leader" });
     this._conn.handle({ ...this._hello(), tab: this._tab });
-    this._conn.start(token);
+    this._conn.start();
   }
 
   _hello() {
@@ -895,9 +904,12 @@ export class RenumRealtime {
     this._emit("state", state);
   }
 
+  /** Add or remove (`method`) the page listeners: user activity, visibility, page hidden or shown. */
   _listen(method) {
     for (const type of ["pointerdown", "keydown"]) globalThis[method]?.(type, this._onActivity, { capture: true, passive: true });
     globalThis.document?.[method]("visibilitychange", this._onVisibility);
+    globalThis[method]?.("pagehide", this._onPageHide);
+    globalThis[method]?.("pageshow", this._onPageShow);
   }
 
   // -- requests -----------------------------------------------------------------------

@@ -124,7 +124,7 @@ def test_reconnect_schedule_while_the_server_is_down_then_failed_then_retry(
     assert schedule == [(1, 100), (2, 200), (3, 400), (4, 800), (5, 1000)]
     # each attempt really waited its delay: the next announcement comes after it, not much later
     times = [r["at"] for r in log["reconnecting"]] + [log["stateTimes"][-1]]
-    for (_, delay), start, end in zip(schedule, times, times[1:]):
+    for (_, delay), start, end in zip(schedule, times[:-1], times[1:], strict=True):
         assert delay - 20 <= end - start <= delay + 1500
     assert log["states"] == ["connecting", "reconnecting", "failed"]
     server = ServerProcess(ENV, port=port).start()
@@ -177,7 +177,7 @@ def test_admin_disconnect_4009_does_not_reconnect(server: ServerProcess, open_pa
     http("POST", server.url + "/admin/api/users/u-kicked/disconnect", ADMIN_TOKEN, {})
     wait_state(page, "disconnected")
     time.sleep(0.3)  # three times the first delay of the schedule: a reconnection would have started
-    assert page.evaluate("[rt.state, log.reconnecting.length, log.tokenCalls]") == ["disconnected", 0, 1]
+    assert page.evaluate("[rt.state, log.reconnecting.length, log.tokenCalls]") == ["disconnected", 0, 2]
     assert connections_of(server, "u-kicked") == 0
     page.evaluate("rt.connect()")  # an explicit connect does reconnect
     wait_state(page, "connected")
@@ -186,14 +186,16 @@ def test_admin_disconnect_4009_does_not_reconnect(server: ServerProcess, open_pa
 def test_4001_asks_get_token_once_more(server: ServerProcess, open_page: OpenPage) -> None:
     good = user_token("u-token")
     recovers = open_page(server.port)
-    recovers.evaluate("([t, r]) => start({ tokens: ['not-a-jwt', t], reconnect: r })", [good, FAST])
+    # shared: false, so that getToken is asked only for connections (a shared client also asks
+    # it once at start, to group the tabs by user)
+    recovers.evaluate("([t, r]) => start({ tokens: ['not-a-jwt', t], reconnect: r, shared: false })", [good, FAST])
     wait_state(recovers, "connected")
     assert recovers.evaluate("[log.tokenCalls, log.states, log.errors]") == [
         2, ["connecting", "reconnecting", "connected"], [["unauthorized", None]]]
 
     stuck = open_page(server.port)
     expired = user_token("u-token-expired", ttl_s=-120)
-    stuck.evaluate("([t, r]) => start({ tokens: [t], reconnect: r })", [expired, FAST])
+    stuck.evaluate("([t, r]) => start({ tokens: [t], reconnect: r, shared: false })", [expired, FAST])
     wait_state(stuck, "unauthorized")
     time.sleep(0.3)  # longer than the schedule's delays: no further attempt, no further token asked
     assert stuck.evaluate("[log.tokenCalls, log.reconnecting.length, rt.state]") == [2, 1, "unauthorized"]
@@ -271,3 +273,40 @@ def test_offline_counts_no_attempt_and_online_reconnects_at_once(
     context.set_offline(False)
     wait_state(page, "connected")
     assert page.evaluate("log.reconnecting.map(r => [r.attempt, r.delayMs])") == [[1, 0]]
+
+
+def test_the_token_is_refreshed_before_it_expires_without_reconnecting(
+        server: ServerProcess, open_page: OpenPage) -> None:
+    short, fresh = user_token("u-refresh", ttl_s=2), user_token("u-refresh", ttl_s=3600)
+    page = open_page(server.port)
+    page.evaluate("ts => start({ tokens: ts, shared: false })", [short, fresh])
+    wait_state(page, "connected")
+    # a tenth of a 2 s lifetime before exp: getToken is asked again and a refresh frame sent
+    wait_for(page, "t => log.sent.some(f => f.type === 'refresh' && f.token === t)", fresh, timeout=5_000)
+    seen = page.evaluate("[log.tokenCalls, log.states, log.errors, log.sent.filter(f => f.type === 'auth').length]")
+    assert seen == [2, ["connecting", "connected"], [], 1]
+
+
+def test_a_follower_tabs_channels_go_through_the_leader_and_leave_with_the_tab(
+        server: ServerProcess, open_page: OpenPage) -> None:
+    token = user_token("u-follower", teams=["t5"])
+    leader = open_page(server.port)
+    leader.evaluate("t => start({ tokens: [t] })", token)
+    wait_for(leader, "rt.leader && rt.state === 'connected'")
+    follower = open_page(server.port)
+    follower.evaluate("t => start({ tokens: [t], channels: ['team:t5'] })", token)
+    wait_subscribed(follower, "team:t5")
+    assert follower.evaluate("[rt.leader, rt.state]") == [False, "connected"]
+
+    def channels() -> list[str]:
+        listing = http("GET", server.url + "/admin/api/connections", ADMIN_TOKEN)["connections"]
+        rows = [row for row in listing if row["user_id"] == "u-follower"]
+        assert len(rows) == 1
+        return list(rows[0]["channels"])
+
+    assert "team:t5" in channels()
+    publish(server, channel="team:t5", data={"n": 1})
+    wait_for(follower, "log.events.length === 1")
+    assert leader.evaluate("log.all") == []  # the leader relays the channel but does not deliver it
+    follower.close()
+    until(lambda: "team:t5" not in channels())
