@@ -8,10 +8,7 @@ the code under test is the code that runs.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import logging
-import re
 import time
 from typing import Any
 
@@ -23,62 +20,30 @@ from .config import Settings
 from .engines import EngineUnavailable, Retention, make_engine
 from .engines.inbox import InboxLimits
 from .gateway import Gateway
-from .handlers.admin import AdminBroadcastHandler, ConnectionsHandler, DisconnectHandler, StatsHandler
-from .handlers.base import NotFoundHandler
+from .handlers.admin import (
+    AdminBroadcastHandler,
+    AuditHandler,
+    ConnectionDisconnectHandler,
+    ConnectionsHandler,
+    DisconnectHandler,
+    LogLevelHandler,
+    StatsHandler,
+)
 from .handlers.api import BroadcastHandler, OpenApiHandler, PublishHandler
+from .handlers.base import NotFoundHandler
+from .handlers.demo import DemoTokenHandler
 from .handlers.health import HealthHandler
+from .handlers.metrics import MetricsHandler, networks, node_registry
 from .handlers.notifications import CreateNotificationHandler, UserNotificationActionHandler, UserNotificationsHandler
+from .handlers.pages import PageHandler
 from .handlers.ws import WebSocketHandler
 from .limits import KeyedBuckets
 from .logs import access_log, log
+from .metrics import LoopLag
 from .protocol.errors import CLOSE_RESTART
 from .resources import static_dir
 
 STATIC = static_dir()
-
-
-class AdminPageHandler(tornado.web.RequestHandler):
-    """``GET /admin``: the admin page, which an admin fills with a token, so it must
-    not be framed (clickjacking), sniffed as another type, leak its URL to other
-    sites, or run code that is not this server's own.
-
-    The page's script and style are inline: the Content-Security-Policy names each
-    block by its SHA-256 hash (computed from the bytes served), so they run and any
-    other inline code, an injected one included, does not. ``connect-src`` allows
-    this server only: its API, and its WebSocket on the host the page was loaded from.
-    """
-
-    _INLINE = re.compile(rb"<(script|style)\b([^>]*)>(.*?)</\1>", re.DOTALL | re.IGNORECASE)
-    _HOST = re.compile(r"[A-Za-z0-9.-]+(?::\d+)?|\[[0-9A-Fa-f:.]+\](?::\d+)?")
-
-    def get(self) -> None:
-        page = (STATIC / "admin.html").read_bytes()
-        self.set_header("Content-Type", "text/html; charset=utf-8")
-        self.set_header("Cache-Control", "no-store")
-        self.set_header("X-Frame-Options", "DENY")
-        self.set_header("X-Content-Type-Options", "nosniff")
-        self.set_header("Referrer-Policy", "no-referrer")
-        self.set_header("Content-Security-Policy", self.policy(page, self.request.host))
-        self.finish(page)
-
-    @classmethod
-    def policy(cls, page: bytes, host: str) -> str:
-        """The Content-Security-Policy of ``page`` served to a browser that reached us as ``host``."""
-        hashes: dict[bytes, list[str]] = {b"script": [], b"style": []}
-        for kind, attributes, body in cls._INLINE.findall(page):
-            if b"src=" not in attributes.lower():
-                hashes[kind.lower()].append("'sha256-%s'" % base64.b64encode(hashlib.sha256(body).digest()).decode())
-        sockets = f" ws://{host} wss://{host}" if cls._HOST.fullmatch(host) else ""
-        return "; ".join([
-            "default-src 'none'",
-            " ".join(["script-src 'self'", *hashes[b"script"]]),
-            " ".join(["style-src 'self'", *hashes[b"style"]]),
-            f"connect-src 'self'{sockets}",
-            "img-src 'self'",
-            "base-uri 'none'",
-            "form-action 'self'",
-            "frame-ancestors 'none'",
-        ])
 
 
 def make_app(gateway: Gateway) -> tornado.web.Application:
@@ -95,18 +60,32 @@ def make_app(gateway: Gateway) -> tornado.web.Application:
         (r"/api/v1/users/([^/]+)/notifications/(read|dismiss|read_all)", UserNotificationActionHandler,
          {**g, "buckets": buckets}),
         (r"/api/v1/openapi.json", OpenApiHandler, g),
-        (r"/admin/?", AdminPageHandler),
+        (r"/demo/?", PageHandler, {"page": "demo/index.html"}),
+        (r"/demo/executions/([^/]+)", PageHandler, {"page": "demo/execution.html"}),
+        (r"/demo/token", DemoTokenHandler, g),
+        (r"/admin/?", PageHandler, {"page": "admin.html"}),
         (r"/admin/api/stats", StatsHandler, g),
         (r"/admin/api/connections", ConnectionsHandler, g),
+        (r"/admin/api/connections/([^/]+)/disconnect", ConnectionDisconnectHandler, g),
         (r"/admin/api/users/([^/]+)/disconnect", DisconnectHandler, g),
         (r"/admin/api/broadcast", AdminBroadcastHandler, g),
+        (r"/admin/api/log-level", LogLevelHandler, g),
+        (r"/admin/api/audit", AuditHandler, g),
+        (r"/metrics", MetricsHandler, {**g, "registry": node_registry(gateway),
+                                       "allowed": networks(s.metrics_allowed_addresses)}),
     ]
+
+    def finished(handler: tornado.web.RequestHandler) -> None:
+        """Every finished request: its log line, and the publish latency it measured."""
+        access_log(handler)
+        gateway.metrics.observe_request(handler.request.path, handler.get_status(), handler.request.request_time())
+
     return tornado.web.Application(
         routes,
         static_path=str(STATIC),
         default_handler_class=NotFoundHandler,
         default_handler_args=g,
-        log_function=access_log,
+        log_function=finished,
         websocket_ping_interval=s.heartbeat_ms / 1000,
         websocket_ping_timeout=s.heartbeat_ms / 1000,
         websocket_max_message_size=s.hard_frame_bytes,
@@ -128,9 +107,11 @@ class Node:
         self.gateway = Gateway(settings, engine, Authenticator(verifier, fetch, settings.jwks_cache_s))
         self.app = make_app(self.gateway)
         self._callbacks: list[tornado.ioloop.PeriodicCallback] = []
+        self._lag = LoopLag(self.gateway.metrics)
 
     async def start(self) -> None:
         await self.gateway.start()
+        self._lag.start()
         sweep = tornado.ioloop.PeriodicCallback(lambda: self.gateway.sweep(time.time()),
                                                 self.settings.idle_sweep_s() * 1000)
         beat = tornado.ioloop.PeriodicCallback(self._beat, self.settings.node_heartbeat_s * 1000)
@@ -149,4 +130,5 @@ class Node:
     async def stop(self, code: int = CLOSE_RESTART, reason: str = "server shutting down") -> None:
         for callback in self._callbacks:
             callback.stop()
+        self._lag.stop()
         await self.gateway.stop(code, reason)

@@ -102,6 +102,9 @@ class Settings:
 
     # -- logging
     log_level: str = "info"
+    #: addresses or networks (CIDR) that may read /metrics without an API key (a Prometheus
+    #: on a private network); empty: the API key is needed
+    metrics_allowed_addresses: tuple[str, ...] = ()
 
     #: development mode (``--dev``): pages from any localhost origin may connect, and the
     #: demo pages get a user token without a login step; never in production
@@ -218,12 +221,13 @@ def _validate(s: Settings) -> None:
         raise ConfigError("setting 'log_level' must be one of debug, info, warning, error")
     if s.jwt_public_key and s.jwks_url:
         raise ConfigError("set RENUM_RT_JWT_PUBLIC_KEY or RENUM_RT_JWKS_URL, not both")
-    for entry in s.trusted_proxies:
-        try:
-            ipaddress.ip_network(entry, strict=False)
-        except ValueError:
-            raise ConfigError(f"setting 'trusted_proxies': {entry!r} is not an address or a network "
-                              "such as 10.0.0.0/8") from None
+    for name in ("trusted_proxies", "metrics_allowed_addresses"):
+        for entry in getattr(s, name):
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ConfigError(f"setting {name!r}: {entry!r} is not an address or a network "
+                                  "such as 10.0.0.0/8") from None
 
 
 def with_changes(settings: Settings, **changes: Any) -> Settings:

@@ -57,9 +57,10 @@ class Gateway:
         self.access = Access(auth, self.metrics, settings.jwt_leeway_s)
         self.cluster = Cluster(settings, engine, self.registry, self.hub, self.metrics)
         self.subscriptions = Subscriptions(settings, engine, self.hub, self.metrics, self.is_open, self._spawn)
-        self.notifications = Notifications(engine, self.registry, self._spawn)
+        self.notifications = Notifications(engine, self.registry, self._spawn, self.metrics)
         self._tasks: set[asyncio.Task[Any]] = set()
-        engine.set_listeners(self.hub.deliver, self._on_control, self.subscriptions.on_resync)
+        engine.set_listeners(self.metrics.timed_fanout(self.hub.deliver), self._on_control,
+                             self.subscriptions.on_resync)
 
     def _on_control(self, message: dict[str, Any]) -> None:
         """A cluster-wide command: each part acts on the operations it knows."""

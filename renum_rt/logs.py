@@ -82,9 +82,8 @@ def setup(level: str) -> None:
         log = logging.getLogger(name)
         log.handlers[:] = [handler]
         log.propagate = False
-    logger.setLevel(level.upper())
     # tornado.access lines are written by ``access_log`` below, without query strings
-    logging.getLogger("tornado").setLevel(max(logging.WARNING, logger.level))
+    TRACING.set_level(level)
 
 
 def log(level: int, message: str, **fields: Any) -> None:
@@ -95,6 +94,50 @@ def log(level: int, message: str, **fields: Any) -> None:
 
 def debug_enabled() -> bool:
     return logger.isEnabledFor(logging.DEBUG)
+
+
+LEVELS = ("debug", "info", "warning", "error")
+
+
+class Tracing:
+    """Which connections log their frames: all of them while the node logs at debug,
+    otherwise those of the *followed* users (``POST /admin/api/log-level`` with a
+    ``user``), so that one user's traffic can be traced on a busy node at info level.
+
+    A connection caches its answer (``traces``) and asks again only when ``version``
+    changed: the check per frame is one integer comparison."""
+
+    def __init__(self) -> None:
+        self.followed: set[str] = set()
+        self.version = 0
+
+    def traces(self, user: str | None) -> bool:
+        return debug_enabled() or (user is not None and user in self.followed)
+
+    def follow(self, user: str, on: bool) -> None:
+        (self.followed.add if on else self.followed.discard)(user)
+        self.version += 1
+
+    def set_level(self, level: str) -> None:
+        """The node's log level, now (the ``tornado`` loggers follow, never below warning)."""
+        logger.setLevel(level.upper())
+        logging.getLogger("tornado").setLevel(max(logging.WARNING, logger.level))
+        self.version += 1
+
+    def level(self) -> str:
+        return logging.getLevelName(logger.getEffectiveLevel()).lower()
+
+
+#: this process's tracing state (one per process, like the logger it drives)
+TRACING = Tracing()
+
+
+def log_frame(direction: str, conn: str, user: str | None, size: int, frame: str) -> None:
+    """A ``frame in`` / ``frame out`` debug line, written even when the logger is above
+    debug (the user is followed: the caller asked ``TRACING.traces``)."""
+    record = logger.makeRecord(logger.name, logging.DEBUG, __file__, 0, f"frame {direction}", (), None,
+                               extra={"fields": {"conn": conn, "user": user, "size": size, "frame": frame}})
+    logger.handle(record)
 
 
 #: routes whose successful requests are logged at debug only: health probes, and

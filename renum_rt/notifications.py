@@ -27,6 +27,7 @@ from .connections import Registry
 from .engines import Engine, EngineUnavailable
 from .engines.inbox import FIELDS, Change, Counter, Status
 from .logs import log
+from .metrics import Metrics
 
 #: execution statuses that end an execution, with the level of their notification
 FINAL = {"completed": "success", "failed": "error", "cancelled": "warning"}
@@ -75,9 +76,10 @@ def complete(fields: dict[str, Any]) -> dict[str, Any]:
 
 
 class Notifications:
-    def __init__(self, engine: Engine, registry: Registry, spawn: Callable[[Any], None],
+    def __init__(self, engine: Engine, registry: Registry, spawn: Callable[[Any], None], metrics: Metrics,
                  clock: Callable[[], float] = time.time) -> None:
         self.engine = engine
+        self.metrics = metrics
         self.registry = registry
         self._spawn = spawn
         self._clock = clock
@@ -96,6 +98,7 @@ class Notifications:
         notification, counts = await self.engine.inbox.create(users, complete(fields), self._now_ms(),
                                                                idempotency_key)
         if counts:
+            self.metrics.notifications_created += len(counts)
             log(logging.INFO, "notification", users=len(counts), id=notification["id"],
                 category=fields.get("category"))
             await self._tell([channels.user_channel(u) for u in counts], "notification.created", notification,
@@ -107,6 +110,7 @@ class Notifications:
         notification, fresh = await self.engine.inbox.announce(complete(fields), self._now_ms(), idempotency_key)
         if not fresh:
             return notification
+        self.metrics.notifications_created += 1
         log(logging.INFO, "announcement", id=notification["id"])
         try:
             await self.engine.publish([channels.SYSTEM], "notification.created", notification, self._now_ms())
@@ -145,6 +149,8 @@ class Notifications:
         return change
 
     async def _changed(self, user: str, change: Change) -> None:
+        if change.status == "read":
+            self.metrics.notifications_read += len(change.ids)
         if change.ids:
             await self._tell([channels.user_channel(user)], "notification.updated",
                              {"ids": change.ids, "status": change.status}, {user: change.unread})

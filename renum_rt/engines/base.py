@@ -34,6 +34,8 @@ ResyncListener = Callable[[str], None]
 
 #: how long an Idempotency-Key's ids are kept when the caller does not say
 IDEMPOTENCY_TTL_S = 24 * 3600
+#: admin actions the audit log keeps (the newest ones)
+AUDIT_MAX = 1000
 
 
 class EngineUnavailable(Exception):
@@ -83,6 +85,8 @@ class Engine(abc.ABC):
     """Storage + fan-out. Implementations: ``MemoryEngine`` and ``RedisEngine``."""
 
     name: str = "abstract"
+    #: ``EngineUnavailable`` raised so far (``/metrics`` reports it)
+    failures: int = 0
     #: the users' notification inboxes, kept in the same store (``inbox.py``)
     inbox: Inbox
 
@@ -170,3 +174,12 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     async def connection_closed(self, node_id: str, user_id: str) -> None:
         """Undo one ``connection_opened`` that returned True."""
+
+    @abc.abstractmethod
+    async def audit_append(self, entry: dict[str, Any]) -> None:
+        """Add one admin action to the audit log shared by every node; the log keeps
+        the newest ``AUDIT_MAX`` entries."""
+
+    @abc.abstractmethod
+    async def audit_list(self, limit: int) -> list[dict[str, Any]]:
+        """At most ``limit`` audit entries, newest first."""

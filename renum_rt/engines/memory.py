@@ -8,18 +8,20 @@ the reference for what the Redis engine must do.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections import deque
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from .. import channels
 from ..ids import IdKey, format_id, next_id, parse_id
 from ..logs import log
 from ..protocol import event_frame_head, event_frame_tail
+from .base import AUDIT_MAX, IDEMPOTENCY_TTL_S, AckRefused, Engine, Event, Replay, Retention
 from .inbox import InboxLimits
 from .inbox_memory import MemoryInbox
-from .base import IDEMPOTENCY_TTL_S, AckRefused, Engine, Event, Replay, Retention
 
 #: expired idempotency answers are dropped every this many remembered ones, not on every publish
 _SWEEP_EVERY = 1024
@@ -54,6 +56,7 @@ class MemoryEngine(Engine):
         self._remembered = 0
         self._nodes: dict[str, tuple[float, dict[str, Any]]] = {}
         self._connections: dict[str, int] = {}
+        self._audit: deque[dict[str, Any]] = deque(maxlen=AUDIT_MAX)
         #: ids before this one may have existed in an earlier process: history is incomplete
         self._floor: IdKey = (int(clock() * 1000), 0)
 
@@ -165,3 +168,9 @@ class MemoryEngine(Engine):
             self._connections[user_id] = count
         else:
             self._connections.pop(user_id, None)
+
+    async def audit_append(self, entry: dict[str, Any]) -> None:
+        self._audit.appendleft(entry)
+
+    async def audit_list(self, limit: int) -> list[dict[str, Any]]:
+        return list(itertools.islice(self._audit, max(0, limit)))

@@ -21,6 +21,7 @@ Key layout, everything under ``prefix`` (default ``renum-rt:``):
 | ``node:<node_id>``     | string | a node's statistics JSON, expiring with its heartbeat        |
 | ``nodes``              | set    | ids of nodes that sent a heartbeat (dead ones removed lazily) |
 | ``conns:<user_id>``    | hash   | node_id -> open connections of that user on that node         |
+| ``audit``              | list   | admin actions (JSON), newest first, capped at ``AUDIT_MAX``    |
 
 Pub/sub channels: ``fanout`` carries one message per publish: the frame tail, then a
 channel line and an id line per channel (``tail \\n channel \\n id [\\n channel \\n id ...]``);
@@ -63,7 +64,7 @@ from ..logs import log
 from ..protocol import encode, event_frame_head, event_frame_tail
 from .inbox import InboxLimits
 from .inbox_redis import RedisInbox
-from .base import IDEMPOTENCY_TTL_S, AckRefused, Engine, EngineUnavailable, Event, Replay, Retention
+from .base import AUDIT_MAX, IDEMPOTENCY_TTL_S, AckRefused, Engine, EngineUnavailable, Event, Replay, Retention
 
 T = TypeVar("T")
 
@@ -325,6 +326,7 @@ class RedisEngine(Engine):
         self.inbox = RedisInbox(self._redis, prefix, inbox_limits, self._run)
         self._fanout = f"{prefix}fanout".encode()
         self._control = f"{prefix}control".encode()
+        self._audit = f"{prefix}audit"
         self._publish = self._redis.register_script(_PUBLISH)
         self._history = self._redis.register_script(_HISTORY)
         self._ack = self._redis.register_script(_ACK)
@@ -376,10 +378,12 @@ class RedisEngine(Engine):
             except _UNREACHABLE as exc:
                 failures += 1
                 if not idempotent or failures > 1:
+                    self.failures += 1
                     raise _unavailable(command, exc) from exc
             except ResponseError as exc:
                 if not _refuses_writes(exc):
                     raise
+                self.failures += 1
                 raise _unavailable(command, exc) from exc
             await asyncio.sleep(_RETRY_PAUSE_S)
 
@@ -600,3 +604,20 @@ class RedisEngine(Engine):
         await self._run("connection_closed",
                         lambda: self._connection_closed(keys=[self._key("conns", user_id)], args=[node_id]),
                         idempotent=False)
+
+    async def audit_append(self, entry: dict[str, Any]) -> None:
+        async def append() -> None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.lpush(self._audit, encode(entry))
+                pipe.ltrim(self._audit, 0, AUDIT_MAX - 1)
+                await pipe.execute()
+
+        # not retried: a lost reply would record the action twice
+        await self._run("audit_append", append, idempotent=False)
+
+    async def audit_list(self, limit: int) -> list[dict[str, Any]]:
+        if limit <= 0:
+            return []
+        entries = await self._run("audit_list", lambda: self._redis.lrange(self._audit, 0, limit - 1),
+                                  idempotent=True)
+        return [ujson.loads(entry) for entry in entries]

@@ -26,7 +26,7 @@ import ujson
 from ..auth import AuthError
 from ..channels import Identity
 from ..gateway import RECONNECT_AFTER_MS, Gateway, Refused
-from ..logs import debug_enabled, log, redact_frame
+from ..logs import TRACING, log, log_frame, redact_frame
 from ..protocol import SUBPROTOCOLS, ProtocolError, encode
 from ..protocol.errors import CLOSE_POLICY, CLOSE_TOO_MANY, CLOSE_UNAUTHORIZED
 from ..protocol.wsframe import text_frame
@@ -43,7 +43,9 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         self._identity: Identity | None = None
         self._timer: object | None = None
         self._counted_address: str | None = None
-        self._debug = debug_enabled()
+        #: log this connection's frames (``logs.TRACING`` decides), as of TRACING.version ``_traced``
+        self._debug = False
+        self._traced = -1
 
     # ---------------------------------------------------------------- before the upgrade
 
@@ -123,6 +125,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
 
     async def _admit(self, identity: Identity) -> None:
         self.session.authenticate(identity)
+        self._traced = -1  # a followed user's frames are traced from now on
         try:
             await self.gateway.open(self)
         except Refused as refused:
@@ -132,12 +135,16 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         self._watch_expiry()
 
     async def on_message(self, message: str | bytes) -> None:
+        if self._traced != TRACING.version:
+            self._retrace()
         if self._debug:
-            log(logging.DEBUG, "frame in", conn=self.session.id, user=self.session.user_id, size=len(message),
-                frame=redact_frame(message) if isinstance(message, str) else "<binary>")
-        self.gateway.metrics.messages_in += 1
+            log_frame("in", self.session.id, self.session.user_id, len(message),
+                      redact_frame(message) if isinstance(message, str) else "<binary>")
+        metrics = self.gateway.metrics
+        metrics.messages_in += 1
         try:
             frame = self.session.receive(message, time.time())
+            metrics.frames_in[frame.type] = metrics.frames_in.get(frame.type, 0) + 1
             if frame.type == "auth":
                 identity = await self.gateway.access.login(frame.fields["token"], frame.ref)
                 if self._timer is not None:
@@ -153,6 +160,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
                 self.gateway.metrics.rate_limited += 1
             self._fail(error)
         except Exception:
+            metrics.internal_errors += 1
             log(logging.ERROR, "internal error", conn=self.session.id, user=self.session.user_id, exc_info=True)
             self.send(ProtocolError("internal", "internal error").frame())
 
@@ -164,7 +172,13 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         if error.close is not None:
             self.close(error.close, error.message)
 
+    def _retrace(self) -> None:
+        self._traced = TRACING.version
+        self._debug = TRACING.traces(self.session.user_id)
+
     def on_close(self) -> None:
+        closes = self.gateway.metrics.closes
+        closes[self.close_code] = closes.get(self.close_code, 0) + 1
         if self._timer is not None:
             tornado.ioloop.IOLoop.current().remove_timeout(self._timer)
             self._timer = None
@@ -182,7 +196,8 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
 
     def send(self, frame: dict[str, Any]) -> None:
         """Encode and queue one frame for this connection only."""
-        self.gateway.metrics.messages_out += 1
+        sent = self.gateway.metrics.sent
+        sent[frame["type"]] = sent.get(frame["type"], 0) + 1
         self.send_frame(text_frame(encode(frame).encode()))
 
     def send_frame(self, frame: bytes) -> None:
@@ -203,9 +218,11 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
             self.close(CLOSE_POLICY, reason)
             self.gateway.closed(self, CLOSE_POLICY, reason)  # gone for the gateway now, not when the socket ends
             return
+        if self._traced != TRACING.version:
+            self._retrace()
         if self._debug:
-            log(logging.DEBUG, "frame out", conn=self.session.id, user=self.session.user_id, size=len(frame),
-                frame=redact_frame(frame[frame.index(b"{"):].decode()))
+            log_frame("out", self.session.id, self.session.user_id, len(frame),
+                      redact_frame(frame[frame.index(b"{"):].decode()))
         socket_write.write(stream, frame)
 
     def close(self, code: int | None = None, reason: str | None = None) -> None:
