@@ -74,9 +74,10 @@ T = TypeVar("T")
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 #: Error codes of replies that mean "this Redis cannot take writes now": out of memory
 #: (``maxmemory`` with ``noeviction``), a read-only replica, a replica cut from its
-#: primary, still loading, too few replicas (``min-replicas-to-write``), a failed
-#: RDB save (``stop-writes-on-bgsave-error``), a script running too long.
-_REFUSING = frozenset({"OOM", "READONLY", "MASTERDOWN", "LOADING", "NOREPLICAS", "MISCONF", "BUSY"})
+#: primary, too few replicas (``min-replicas-to-write``), a failed RDB save
+#: (``stop-writes-on-bgsave-error``), a script running too long. (``LOADING`` is among
+#: the unreachable errors above.)
+_REFUSING = frozenset({"OOM", "READONLY", "MASTERDOWN", "NOREPLICAS", "MISCONF", "BUSY"})
 _TIMEOUT_S = 2.0
 #: how long a command waits for a free pooled connection before it is unavailable
 _POOL_WAIT_S = 5.0
