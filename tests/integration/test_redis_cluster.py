@@ -349,3 +349,72 @@ async def test_notifications_keep_one_exact_counter_across_nodes_and_survive_a_k
     reply = await again.request({"type": "notifications.list"})
     assert [(i["title"], i["status"]) for i in reply["items"]] == [("two", "unread"), ("one", "read")]
     again.close()
+
+
+@pytest.mark.gen_test(timeout=40)
+async def test_admin_actions_reach_every_node_and_share_one_audit_log(
+    nodes: tuple[ServerProcess, ServerProcess],
+) -> None:
+    """Connection search, a disconnect of one connection held by the other node, 404 for
+    an id no node holds, a followed user's log level, the audit log read from either
+    node, and the per-node rates of the statistics."""
+    a, b = nodes
+    user = new_id("adm")
+    on_a, on_b = await connect(a.ws_url, token(user)), await connect(b.ws_url, token(user))
+    await on_b.request({"type": "ping"})
+
+    found: dict[str, Any] = {}
+
+    async def both_listed() -> bool:  # complete once every node with a live heartbeat answered
+        nonlocal found
+        code, found = await call(a.url, f"/admin/api/connections?user={user}", bearer=ADMIN)
+        assert code == 200, found
+        return bool(found["complete"])
+
+    await eventually(both_listed)  # a node killed by an earlier test is awaited until its heartbeat expires
+    assert found["total"] == 2, found
+    assert sorted(row["node"] for row in found["connections"]) == sorted([await node_id(a), await node_id(b)])
+    code, page = await call(b.url, f"/admin/api/connections?user={user}&offset=1&limit=1", bearer=ADMIN)
+    assert code == 200 and page["total"] == 2 and [r["connection_id"] for r in page["connections"]] == [
+        found["connections"][1]["connection_id"]]
+
+    b_id = await node_id(b)
+    held_by_b = next(row for row in found["connections"] if row["node"] == b_id)
+    code, answer = await call(a.url, f"/admin/api/connections/{held_by_b['connection_id']}/disconnect", {},
+                              bearer=ADMIN)
+    assert code == 200 and answer["node"] == held_by_b["node"], answer
+    assert await on_b.closed(WAIT) == 4009  # closed on the node that did not get the request
+    assert (await on_a.request({"type": "ping"}))["type"] == "pong"  # the user's other connection stays
+    code, answer = await call(b.url, f"/admin/api/connections/{held_by_b['connection_id']}/disconnect", {},
+                              bearer=ADMIN)
+    assert code == 404, answer
+
+    code, answer = await call(b.url, "/admin/api/log-level", {"level": "debug", "user": user}, bearer=ADMIN)
+    assert code == 200, answer
+
+    async def follows(node: ServerProcess) -> bool:
+        code, state = await call(node.url, "/admin/api/log-level", bearer=ADMIN)
+        return code == 200 and user in state["followed"]
+
+    await eventually(lambda: follows(a))  # asked of B, applied on A too
+    await call(a.url, "/admin/api/log-level", {"level": "info", "user": user}, bearer=ADMIN)
+
+    expected = [("log_level", f"user:{user}"), ("log_level", f"user:{user}"),
+                ("disconnect_connection", f"connection:{held_by_b['connection_id']}")]
+    for via in (a, b):  # one list, whichever node answers
+        code, audit = await call(via.url, "/admin/api/audit?limit=50", bearer=ADMIN)
+        mine = [(e["action"], e["target"]) for e in audit["entries"] if user in e["target"]
+                or e["target"] == f"connection:{held_by_b['connection_id']}"]
+        assert code == 200 and mine == expected, audit
+
+    stats: dict[str, Any] = {}
+
+    async def rates_reported() -> bool:
+        nonlocal stats
+        _, stats = await call(b.url, "/admin/api/stats", bearer=ADMIN)
+        return all(n.get("messages_in_per_s", 0) >= 0 and "engine_ok" in n for n in stats["per_node"])
+
+    await eventually(rates_reported)
+    assert stats["engine_ok"] is True and stats["nodes"] >= 2
+    assert stats["messages_in_per_s"] == round(sum(n["messages_in_per_s"] for n in stats["per_node"]), 2)
+    on_a.close()
