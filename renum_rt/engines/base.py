@@ -15,8 +15,9 @@ half-accepted publish.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from .inbox import Inbox
 
@@ -102,10 +103,10 @@ class Engine(abc.ABC):
         self._on_control = on_control
         self._on_resync = on_resync
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 - optional: an engine with nothing to connect keeps it
         """Connect and begin receiving fan-out. Must not fail if the store is down."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional, like start
         """Stop receiving and release connections."""
 
     @abc.abstractmethod

@@ -46,7 +46,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any, Awaitable, Callable, Sequence, TypeVar, cast
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar, cast
 
 import redis.asyncio
 import ujson
@@ -62,9 +63,9 @@ from .. import channels
 from ..ids import format_id, parse_id
 from ..logs import log
 from ..protocol import encode, event_frame_head, event_frame_tail
+from .base import AUDIT_MAX, IDEMPOTENCY_TTL_S, AckRefused, Engine, EngineUnavailable, Event, Replay, Retention
 from .inbox import InboxLimits
 from .inbox_redis import RedisInbox
-from .base import AUDIT_MAX, IDEMPOTENCY_TTL_S, AckRefused, Engine, EngineUnavailable, Event, Replay, Retention
 
 T = TypeVar("T")
 
@@ -407,7 +408,7 @@ class RedisEngine(Engine):
             seconds, micros = await self._redis.time()
             self._mark = f"{seconds * 1000 + micros // 1000}-0"
         except BaseException:
-            await pubsub.aclose()
+            await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
             raise
         return pubsub
 
@@ -444,7 +445,7 @@ class RedisEngine(Engine):
             except (RedisError, OSError) as exc:
                 log(logging.WARNING, "redis pub/sub interrupted", reason=_reason(exc))
             finally:
-                await pubsub.aclose()
+                await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
             pubsub = None
 
     def _dispatch(self, message: dict[str, Any]) -> None:
@@ -455,7 +456,7 @@ class RedisEngine(Engine):
                 return
             if message["channel"] == self._fanout:
                 tail, *targets = message["data"].split(b"\n")
-                for channel_bytes, id_bytes in zip(targets[::2], targets[1::2]):
+                for channel_bytes, id_bytes in zip(targets[::2], targets[1::2], strict=True):
                     channel, self._mark = channel_bytes.decode(), id_bytes.decode()
                     try:
                         self._on_event(channel, self._mark, event_frame_head(channel).encode() + id_bytes + tail)
@@ -515,14 +516,15 @@ class RedisEngine(Engine):
         if kept is not None:
             answer: dict[str, str] = ujson.loads(kept)
             return answer
-        return {channel: event_id.decode() for channel, event_id in zip(channel_names, ids)}
+        return {channel: event_id.decode() for channel, event_id in zip(channel_names, ids, strict=True)}
 
     async def history(self, channel: str, since: str | None, limit: int) -> Replay:
         after = format_id(parse_id(since)) if since is not None else ""
         args: list[str | int] = [after, limit, self._retention.max_len, self._retention.max_age_s]
         complete, rows = await self._run("history", lambda: self._history(keys=[self._key("s", channel)], args=args),
                                          idempotent=True)
-        events = [_event(channel, id_, dict(zip(fields[::2], fields[1::2]))) for id_, fields in reversed(rows)]
+        events = [_event(channel, id_, dict(zip(fields[::2], fields[1::2], strict=True)))
+                  for id_, fields in reversed(rows)]
         return Replay(events, bool(complete))
 
     async def latest(self, channel: str) -> Event | None:
@@ -555,7 +557,7 @@ class RedisEngine(Engine):
         args: list[str | int] = [self._retention.max_age_s, *(acked for acked, _ in waiting)]
         try:
             cursor, *refused = await self._run("ack", lambda: self._ack(keys=keys, args=args), idempotent=True)
-            for (acked, future), refusal in zip(waiting, refused):
+            for (acked, future), refusal in zip(waiting, refused, strict=True):
                 if future.done():  # its caller went away
                     continue
                 if refusal:
@@ -589,8 +591,8 @@ class RedisEngine(Engine):
         await self._run("heartbeat", beat, idempotent=True)
 
     async def nodes(self) -> list[dict[str, Any]]:
-        alive = await self._run("nodes", lambda: self._nodes(keys=[f"{self._prefix}nodes"], args=[f"{self._prefix}node:"]),
-                                idempotent=True)
+        alive = await self._run(
+            "nodes", lambda: self._nodes(keys=[f"{self._prefix}nodes"], args=[f"{self._prefix}node:"]), idempotent=True)
         return [ujson.loads(stats) for stats in alive]
 
     async def connection_opened(self, node_id: str, user_id: str, limit: int) -> bool:

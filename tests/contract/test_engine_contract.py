@@ -168,7 +168,7 @@ async def test_concurrent_acks_newest_wins_and_only_an_ack_past_the_newest_event
                                    engine.ack("user:u1", beyond), engine.ack("user:u1", ids[0]),
                                    return_exceptions=True)
     assert isinstance(answers[2], AckRefused)
-    for acked, answer in zip([ids[1], ids[3], None, ids[0]], answers):
+    for acked, answer in zip([ids[1], ids[3], None, ids[0]], answers, strict=True):
         if acked is not None:  # the cursor after the move: at least this ack, at most the newest one
             assert isinstance(answer, str) and parse_id(acked) <= parse_id(answer) <= parse_id(ids[3]), answer
     assert await engine.cursor("user:u1") == ids[3]

@@ -8,7 +8,8 @@ inspect it get one of their own (``own_redis_server``).
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 import redis
@@ -92,7 +93,8 @@ async def test_pubsub_resubscribes_and_resyncs_after_interruptions(
     await feed.wait_for(lambda: feed.resyncs == 2, timeout=8)
     ids = await engine.publish(["team:t1"], "n", {}, TS)
     await feed.wait_for(lambda: len(feed.events) == 2)
-    assert feed.events[1:] == [("team:t1", ids["team:t1"], protocol.event_frame("team:t1", ids["team:t1"], TS, "n", {}))]
+    frame = protocol.event_frame("team:t1", ids["team:t1"], TS, "n", {})
+    assert feed.events[1:] == [("team:t1", ids["team:t1"], frame)]
 
 
 @pytest.mark.gen_test(timeout=20)
@@ -124,7 +126,7 @@ async def test_two_nodes_share_events_control_and_counts(
     expected = [(c, ids[c], protocol.event_frame(c, ids[c], TS, "team.updated", {"team_id": "t1"})) for c in ids]
     await b.control({"type": "disconnect", "user_id": "u1"})
     for feed in (feed_a, feed_b):
-        await feed.wait_for(lambda: len(feed.events) == 2 and len(feed.controls) == 1)
+        await feed.wait_for(lambda feed=feed: len(feed.events) == 2 and len(feed.controls) == 1)
         assert feed.events == expected
         assert feed.controls == [{"type": "disconnect", "user_id": "u1"}]
     stored = Event("team:t1", ids["team:t1"], TS, "team.updated", {"team_id": "t1"})

@@ -24,7 +24,8 @@ import asyncio
 import itertools
 import time
 import uuid
-from typing import Any, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import jwt
 import pytest
@@ -319,7 +320,7 @@ async def test_events_for_an_offline_user_are_delivered_after_kill_9_and_restart
     assert welcome is not None and welcome["type"] == "welcome", welcome
     assert (welcome["recovered"], welcome["replayed"]) == (True, 4)
     events = [await back.recv_type("event") for _ in offline]
-    assert [(e["id"], e["data"]["n"]) for e in events] == list(zip(offline, (1, 2, 3, 4)))
+    assert [(e["id"], e["data"]["n"]) for e in events] == list(zip(offline, (1, 2, 3, 4), strict=True))
     assert (await back.request({"type": "ping"}))["type"] == "pong"  # nothing else came before the pong
     back.close()
 
@@ -345,7 +346,7 @@ async def test_since_across_a_restart_while_events_keep_coming(cluster: Cluster)
     points = [start, accepted[0], accepted[len(accepted) // 2]]
     late = [await connect(node.ws_url, token(new_id("w"), teams=[team])) for _ in points]
     replies = [await c.request({"type": "subscribe", "channel": channel, "since": since})
-               for c, since in zip(late, points)]
+               for c, since in zip(late, points, strict=True)]
     await load.more(30)
     await load.stop()
     assert load.failed == 0
@@ -355,7 +356,7 @@ async def test_since_across_a_restart_while_events_keep_coming(cluster: Cluster)
     assert_in_order_once(follower.ids, everything, "follower across the restart")
     assert len(follower.ids) == len(everything)
     assert follower.replies[1]["recovered"] is True
-    for c, since, reply in zip(late, points, replies):
+    for c, since, reply in zip(late, points, replies, strict=True):
         assert reply["type"] == "subscribed" and reply["recovered"] is True, reply
         wanted = everything[everything.index(since) + 1:]
         # exactly what came after since, in order, with no gap and no duplicate

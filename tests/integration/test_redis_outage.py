@@ -33,7 +33,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Any, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import jwt
 import pytest
@@ -206,7 +207,8 @@ async def test_redis_stop_and_start(own_redis_server: RedisServer, nodes: tuple[
     reply = await again.request({"type": "subscribe", "channel": channel, "since": before[channel]})
     assert (reply["type"], reply["recovered"], reply["replayed"]) == ("subscribed", True, 2), reply
     assert await events(again, 2) == {channel: [after[channel], retried[channel]]}
-    assert stored(own_redis_server, channel) == sorted([before[channel], after[channel], retried[channel]], key=parse_id)
+    everything = sorted([before[channel], after[channel], retried[channel]], key=parse_id)
+    assert stored(own_redis_server, channel) == everything
     for client in (on_a, on_b, again):
         client.close()
 

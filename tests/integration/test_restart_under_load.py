@@ -112,9 +112,13 @@ async def test_every_event_published_right_after_a_restart_reaches_its_user_once
     enough_file_descriptors(3 * USERS)
     (node,) = cluster(1, RENUM_RT_MAX_CONNECTIONS_PER_ADDRESS=str(2 * USERS))
     mailboxes: list[Mailbox] = []
+
+    def all_connected() -> bool:
+        return all(m.connects for m in mailboxes)
+
     for _ in range(USERS // 100):  # connect in waves, as users arrive, not in one burst
         mailboxes += [Mailbox(node.ws_url, new_id("u")) for _ in range(100)]
-        await eventually(lambda: all(m.connects for m in mailboxes), timeout=30, what="every user connected")
+        await eventually(all_connected, timeout=30, what="every user connected")
 
     before = await publish_to_everyone(node, mailboxes, "before.restart")
     await eventually(lambda: all(m.acked for m in mailboxes), timeout=30, what="every user acked its event")
