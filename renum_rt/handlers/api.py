@@ -92,7 +92,7 @@ class ServiceHandler(JsonHandler):
 
 
 def unavailable(exc: EngineUnavailable) -> HttpError:
-    return HttpError(503, "unavailable", "the event store is unreachable; nothing was accepted, retry",
+    return HttpError(503, "unavailable", "the event store is unavailable; retry with the same Idempotency-Key",
                      headers={"Retry-After": "1"}, cause=exc)
 
 
