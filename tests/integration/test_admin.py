@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -17,6 +18,7 @@ from renum_rt import logs
 from renum_rt.app import Node
 from tests.conftest import API_KEY
 from tests.integration.test_ws_basic import publish
+from tests.support.server_process import ROOT
 from tests.support.wsclient import connect
 
 
@@ -360,3 +362,31 @@ async def test_the_admin_page_loads_its_code_from_static_files_only(http_client:
     assert "<style" not in page and " style=" not in page and "<script>" not in page
     for asset in ("/static/admin/admin.js", "/static/admin/admin.css", "/static/renum-rt.js"):
         assert (await http_client.fetch(base_url + asset)).code == 200, asset
+
+
+@pytest.mark.gen_test
+async def test_the_shipped_dashboard_and_scrape_config_name_only_real_metrics(
+    http_client: Any, base_url: str, ws_url: str, token: Any, admin_token: str
+) -> None:
+    client = await connect(ws_url, token("dash"))
+    await publish(http_client, base_url, {"users": ["dash"], "event": "d.tick", "data": {}})
+    await client.recv_type("event")
+    await admin_call(http_client, base_url, "/admin/api/users/dash/disconnect", admin_token, body={})
+    await client.closed()
+
+    async def every_family() -> set[str]:
+        response = await http_client.fetch(base_url + "/metrics", headers={"Authorization": f"Bearer {API_KEY}"})
+        return {sample.name for family in text_string_to_metric_families(response.body.decode())
+                for sample in family.samples}
+
+    names: set[str] = set()
+
+    async def closes_counted() -> bool:
+        nonlocal names
+        names = await every_family()
+        return "renum_rt_closes_total" in names
+
+    await eventually(closes_counted)
+    for doc in ("docs/grafana-dashboard.json", "docs/prometheus.yml"):
+        used = set(re.findall(r"renum_rt_[a-z_]+", (ROOT / doc).read_text()))
+        assert used and used <= names, (doc, used - names)
