@@ -114,8 +114,10 @@ class Settings:
         """May a browser page from ``origin`` open /ws on this server, reached as ``host``?
 
         With ``allowed_origins`` set, only those; otherwise the server's own origin:
-        ``public_origin`` when set, else the same host the request was sent to (what
-        a page served by this server, or by a proxy in front of it, sends).
+        ``public_origin`` when set. Without it, a page from the host the request was sent
+        to, but only when that host is an IP address or ``localhost``: a ``Host`` header
+        naming a domain proves nothing (a DNS-rebinding page sends its own domain as both
+        ``Origin`` and ``Host``), so a server reached by name needs ``public_origin``.
         """
         origin = origin.rstrip("/").lower()
         if self.dev and _is_local(origin):
@@ -125,18 +127,33 @@ class Settings:
         if self.public_origin:
             return origin == self.public_origin.rstrip("/").lower()
         scheme, _, netloc = origin.partition("://")
-        return scheme in ("http", "https") and netloc == host.lower()
+        return scheme in ("http", "https") and netloc == host.lower() and _is_address(_hostname(netloc))
 
     def idle_sweep_s(self) -> float:
         """How often idle connections are looked for: a tenth of the timeout, at most 60 s."""
         return max(0.05, min(60.0, self.idle_timeout / 10))
 
 
+def _hostname(netloc: str) -> str:
+    """``host`` of ``host[:port]`` (``[::1]`` of ``[::1]:8765``)."""
+    return netloc if netloc.endswith("]") else netloc.rsplit(":", 1)[0] if ":" in netloc else netloc
+
+
+def _is_address(hostname: str) -> bool:
+    """An IP address or ``localhost``: names no other site can take over by DNS."""
+    if hostname == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(hostname.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
 def _is_local(origin: str) -> bool:
     """An http(s) origin on this machine, any port (a Vite or Next dev server)."""
     scheme, _, netloc = origin.partition("://")
-    host = netloc.rsplit(":", 1)[0] if not netloc.endswith("]") else netloc
-    return scheme in ("http", "https") and host in ("localhost", "127.0.0.1", "[::1]")
+    return scheme in ("http", "https") and _hostname(netloc) in ("localhost", "127.0.0.1", "[::1]")
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}

@@ -224,13 +224,21 @@ def test_toml_float_for_int_setting_is_refused(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- derived values
 
 
-def test_origin_allowed_default_is_same_origin() -> None:
-    s = Settings(host="0.0.0.0", port=9000)
-    assert s.origin_allowed("http://rt.example:9000", "rt.example:9000")
-    assert s.origin_allowed("https://RT.example/", "rt.example")
-    assert not s.origin_allowed("https://evil.example", "rt.example")
-    assert not s.origin_allowed("null", "rt.example")
-    assert not s.origin_allowed("file://rt.example", "rt.example")
+def test_origin_allowed_default_is_same_origin_on_an_address() -> None:
+    s = Settings()
+    assert s.origin_allowed("http://127.0.0.1:9000", "127.0.0.1:9000")
+    assert s.origin_allowed("https://10.1.2.3/", "10.1.2.3")
+    assert s.origin_allowed("http://[::1]:8765", "[::1]:8765")
+    assert s.origin_allowed("http://localhost:8765", "localhost:8765")
+    assert not s.origin_allowed("https://evil.example", "10.1.2.3")
+    assert not s.origin_allowed("null", "10.1.2.3")
+    assert not s.origin_allowed("file://10.1.2.3", "10.1.2.3")
+
+
+def test_a_host_header_naming_a_domain_proves_nothing_without_public_origin() -> None:
+    # a DNS-rebinding page sends its own domain as Origin and as Host
+    assert not Settings().origin_allowed("http://rt.example:9000", "rt.example:9000")
+    assert Settings(public_origin="http://rt.example:9000").origin_allowed("http://rt.example:9000", "x")
 
 
 def test_origin_allowed_public_origin_and_explicit_list() -> None:
