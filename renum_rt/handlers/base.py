@@ -11,7 +11,13 @@ import tornado.web
 import ujson
 
 from ..gateway import Gateway
+from ..protocol.errors import HTTP_STATUS
 from ..logs import log
+
+
+#: the error code of an HTTP status, from the protocol's one table (codes.json): the
+#: first code listed with that status (400 is ``bad_request``)
+CODE_OF_STATUS: dict[int, str] = {status: code for code, status in reversed(HTTP_STATUS.items())}
 
 
 class HttpError(Exception):
@@ -122,7 +128,7 @@ class JsonHandler(tornado.web.RequestHandler):
         exc_info = kwargs.get("exc_info")
         if status_code >= 500 and exc_info:
             self.log_failure(status_code, exc_info[1])
-        code = {400: "bad_request", 404: "not_found", 405: "bad_request", 413: "too_large"}.get(status_code, "internal")
+        code = CODE_OF_STATUS.get(status_code, "bad_request" if status_code < 500 else "internal")
         message = self._reason if status_code != 500 else "internal error"
         self.finish(ujson.dumps({"error": {"code": code, "message": message}}))
 
