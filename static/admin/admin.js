@@ -171,7 +171,7 @@ async function signIn(candidate) {
   loadConnections();
   loadLogLevel();
   loadAudit();
-  listTimer = setInterval(() => loadConnections(), 10000);
+  listTimer = setInterval(() => { loadConnections(); loadAudit(); loadLogLevel(); }, 10000); // other admins act too
 }
 
 function connectLive() {
@@ -229,7 +229,7 @@ function renderNodes(nodes) {
     el("td", { class: "num", "data-label": "Conns" }, count(n.connections)),
     el("td", { class: "num", "data-label": "In/s" }, rate(n.messages_in_per_s)),
     el("td", { class: "num", "data-label": "Out/s" }, rate(n.messages_out_per_s)),
-    el("td", { "data-label": "Uptime" }, duration(n.uptime_s)))));
+    el("td", { class: "time", "data-label": "Uptime" }, duration(n.uptime_s)))));
 }
 
 /** A round maximum for the y axis: 1, 2, 5 x 10^n. */
