@@ -209,7 +209,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         conn = self.ws_connection
         if conn is None or conn.is_closing():
             return
-        stream = conn.stream  # type: ignore[attr-defined]
+        stream = conn.stream
         if stream is None or stream.closed():
             return
         if socket_write.pending_bytes(stream) > self.gateway.settings.max_write_buffer_bytes:
