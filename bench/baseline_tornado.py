@@ -33,8 +33,8 @@ import signal
 import time
 
 import tornado.httpserver
-import tornado.iostream
 import tornado.ioloop
+import tornado.iostream
 import tornado.web
 import tornado.websocket
 from gclog import log_gen2_collections
@@ -45,8 +45,8 @@ from renum_rt.protocol.wsframe import text_frame
 TEMPLATE = ('{"type":"event","v":1,"channel":"system","id":"%d-%d","ts":%d,"event":"system.announcement",'
             '"data":{"title":"b","message":"bt=%d","level":"info"}}')
 
-CONNS: set["WsHandler"] = set()
-USERS: dict[str, "WsHandler"] = {}
+CONNS: set[WsHandler] = set()
+USERS: dict[str, WsHandler] = {}
 SEQ = [0]
 
 
@@ -122,7 +122,7 @@ class PublishHandler(tornado.web.RequestHandler):
         body = json.loads(self.request.body)
         ms = int(time.time() * 1000)
         data = json.dumps(body["data"], separators=(",", ":"))
-        tail = '","ts":%d,"event":%s,"data":%s}' % (ms, json.dumps(body["event"]), data)
+        tail = '","ts":%d,"event":%s,"data":%s}' % (ms, json.dumps(body["event"]), data)  # noqa: UP031 (as renum-rt)
         ids = {}
         for user in body.get("users", ()):
             SEQ[0] += 1
@@ -131,8 +131,7 @@ class PublishHandler(tornado.web.RequestHandler):
             ids[channel] = event_id
             conn = USERS.get(user)
             if conn is not None:
-                conn.write_message('{"type":"event","v":1,"channel":%s,"id":"%s%s'
-                                   % (json.dumps(channel), event_id, tail))
+                conn.write_message(f'{{"type":"event","v":1,"channel":{json.dumps(channel)},"id":"{event_id}{tail}')
         self.finish({"ids": ids})
 
 

@@ -24,15 +24,16 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import redis.asyncio  # noqa: E402
-
 from common import RedisServer  # noqa: E402
+
 from renum_rt.engines.inbox import Inbox, InboxLimits  # noqa: E402
 from renum_rt.engines.inbox_memory import MemoryInbox  # noqa: E402
 from renum_rt.engines.inbox_redis import RedisInbox  # noqa: E402
@@ -40,9 +41,10 @@ from renum_rt.engines.inbox_redis import RedisInbox  # noqa: E402
 NOW = int(time.time() * 1000)
 
 
-async def timed(call: Callable[[], Awaitable[Any]]) -> float:
+async def timed(work: Awaitable[Any]) -> float:
+    """Milliseconds ``work`` (a coroutine not started yet) takes once awaited."""
     start = time.perf_counter()
-    await call()
+    await work
     return (time.perf_counter() - start) * 1000
 
 
@@ -61,9 +63,9 @@ async def big_inbox(inbox: Inbox, size: int, runs: int) -> dict[str, float]:
         user = f"big-{run}"
         ids = await fill(inbox, user, size)
         deep = ids[size // 2]
-        times["list_first_page_ms"].append(await timed(lambda: inbox.list(user, None, 20, None, NOW + size)))
-        times["list_deep_page_ms"].append(await timed(lambda: inbox.list(user, None, 20, deep, NOW + size)))
-        times["read_all_ms"].append(await timed(lambda: inbox.read_all(user, None, NOW + size)))
+        times["list_first_page_ms"].append(await timed(inbox.list(user, None, 20, None, NOW + size)))
+        times["list_deep_page_ms"].append(await timed(inbox.list(user, None, 20, deep, NOW + size)))
+        times["read_all_ms"].append(await timed(inbox.read_all(user, None, NOW + size)))
     return {k: round(statistics.median(v), 3) for k, v in times.items()}
 
 
@@ -73,10 +75,10 @@ async def announcement(inbox: Inbox, users: int, runs: int, memory: Callable[[],
     names = [f"never-{i}" for i in range(users)]
     for _ in range(runs):
         before = await memory() if memory else 0
-        store.append(await timed(lambda: inbox.announce({"title": "Maintenance", "body": "tonight",
-                                                          "level": "warning"}, NOW)))
+        store.append(await timed(inbox.announce({"title": "Maintenance", "body": "tonight", "level": "warning"},
+                                                 NOW)))
         added.append((await memory() if memory else 0) - before)
-        count.append(await timed(lambda: inbox.unread(names, NOW)))
+        count.append(await timed(inbox.unread(names, NOW)))
     return {"announce_ms": round(statistics.median(store), 3),
             "memory_added_bytes": int(statistics.median(added)),
             "count_all_users_ms": round(statistics.median(count), 1),
@@ -100,18 +102,22 @@ async def main() -> None:
             return int((await client.info("memory"))["used_memory"])
 
         results["redis_zcard_roundtrip_ms"] = round(statistics.median(
-            [await timed(lambda: client.zcard("nothing")) for _ in range(200)]), 3)
+            [await timed(client.zcard("nothing")) for _ in range(200)]), 3)
         results["redis"] = {**await big_inbox(RedisInbox(client, "bench:", limits), args.inbox, args.runs),
                             **await announcement(RedisInbox(client, "bench2:", limits), args.users, args.runs, used)}
     finally:
         await client.aclose()
         server.stop()
     print(json.dumps(results, indent=2))
-    rows = [("list, first page of 20", "list_first_page_ms", "ms"), ("list, a page deep in the inbox", "list_deep_page_ms", "ms"),
-            ("read_all over the whole inbox", "read_all_ms", "ms"), ("store one announcement", "announce_ms", "ms"),
-            ("Redis memory one announcement adds", "memory_added_bytes", "bytes"),
-            (f"unread count of all {args.users:,} users", "count_all_users_ms", "ms"),
-            ("users counted per second", "users_counted_per_s", "")]
+    rows = [
+        ("list, first page of 20", "list_first_page_ms", "ms"),
+        ("list, a page deep in the inbox", "list_deep_page_ms", "ms"),
+        ("read_all over the whole inbox", "read_all_ms", "ms"),
+        ("store one announcement", "announce_ms", "ms"),
+        ("Redis memory one announcement adds", "memory_added_bytes", "bytes"),
+        (f"unread count of all {args.users:,} users", "count_all_users_ms", "ms"),
+        ("users counted per second", "users_counted_per_s", ""),
+    ]
     print(f"\n| {args.inbox:,}-notification inbox, {args.users:,} users | memory | Redis |\n| --- | --- | --- |")
     for label, key, unit in rows:
         print(f"| {label} | {results['memory'][key]:,} {unit} | {results['redis'][key]:,} {unit} |")

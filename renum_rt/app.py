@@ -8,7 +8,7 @@ the code under test is the code that runs.
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import time
 from typing import Any
 
@@ -38,7 +38,7 @@ from .handlers.notifications import CreateNotificationHandler, UserNotificationA
 from .handlers.pages import PageHandler
 from .handlers.ws import WebSocketHandler
 from .limits import KeyedBuckets
-from .logs import access_log, log
+from .logs import access_log
 from .metrics import LoopLag
 from .protocol.errors import CLOSE_RESTART
 from .resources import static_dir
@@ -120,10 +120,8 @@ class Node:
             callback.start()
 
     async def _beat(self) -> None:
-        try:
+        with contextlib.suppress(EngineUnavailable):  # the engine logged why; try again next beat
             await self.gateway.cluster.heartbeat()
-        except EngineUnavailable:
-            log(logging.WARNING, "engine unavailable", engine=self.gateway.engine.name)
         if self.gateway.hub.subscriber_count("admin"):
             self.gateway.cluster.push_admin_stats(await self.gateway.cluster.stats())
 

@@ -11,7 +11,8 @@ key id the cache does not know (at most once per ``JWKS_MIN_REFETCH_S``).
 from __future__ import annotations
 
 import time
-from typing import Any, Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import jwt
 import ujson
@@ -59,7 +60,9 @@ class TokenVerifier:
         self._public_key = settings.jwt_public_key or None
         self._jwks: dict[str, jwt.PyJWK] = {}
         if not (self._secret or self._public_key or settings.jwks_url):
-            raise AuthError("no key to verify tokens: set RENUM_RT_JWT_SECRET, RENUM_RT_JWT_PUBLIC_KEY or RENUM_RT_JWKS_URL")
+            raise AuthError(
+                "no key to verify tokens: set RENUM_RT_JWT_SECRET, RENUM_RT_JWT_PUBLIC_KEY or RENUM_RT_JWKS_URL"
+            )
 
     def set_jwks(self, document: dict[str, Any]) -> None:
         """Replace the cached JWKS with ``document`` (a parsed ``{"keys": [...]}``)."""
@@ -158,8 +161,13 @@ class TokenVerifier:
 class Authenticator:
     """``TokenVerifier`` plus the JWKS cache refresh, for the I/O layer."""
 
-    def __init__(self, verifier: TokenVerifier, fetch_jwks: Callable[[], Awaitable[dict[str, Any]]] | None = None,
-                 max_age_s: float = 600.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        fetch_jwks: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+        max_age_s: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.verifier = verifier
         self._fetch = fetch_jwks
         self._max_age_s = max_age_s

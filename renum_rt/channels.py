@@ -112,4 +112,6 @@ def check_subscribe(identity: Identity, channel: object, grant: dict[str, Any] |
         return channel
     if grant is not None:
         raise ChannelError("forbidden", "the subscription token is for another channel or user")
-    raise ChannelError("forbidden", f"{kind} channels need a subscription token (or a '{kind}s' claim in the user token)")
+    raise ChannelError(
+        "forbidden", f"{kind} channels need a subscription token (or a '{kind}s' claim in the user token)"
+    )

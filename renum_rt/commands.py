@@ -9,7 +9,8 @@ here: it is handled before a connection is admitted (``Gateway.login``).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Awaitable, Callable, Literal
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Literal
 
 from . import channels
 from .connections import Connection
@@ -105,9 +106,12 @@ async def notifications_list(gateway: Gateway, conn: Connection, frame: ClientFr
     """One page of the inbox, newest first; ``limit`` is capped, not refused."""
     user = conn.session.user_id
     assert user is not None
-    limit = min(frame.get("limit", gateway.settings.notifications_page_default), gateway.settings.notifications_page_max)
-    page = await _inbox(gateway, conn, frame,
-                        gateway.notifications.page(user, frame.get("status"), limit, frame.get("cursor")))
+    limit = min(
+        frame.get("limit", gateway.settings.notifications_page_default), gateway.settings.notifications_page_max
+    )
+    page = await _inbox(
+        gateway, conn, frame, gateway.notifications.page(user, frame.get("status"), limit, frame.get("cursor"))
+    )
     conn.send({"type": "notifications", "ref": frame.ref, **page})  # type: ignore[dict-item]
 
 

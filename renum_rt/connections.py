@@ -9,7 +9,8 @@ against the per-user cap by the engine); a connection is anything with the
 from __future__ import annotations
 
 import itertools
-from typing import Any, Iterator, Protocol
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 from .protocol.errors import CLOSE_IDLE, CLOSE_UNAUTHORIZED, ProtocolError
 from .session import Session

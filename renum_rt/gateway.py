@@ -14,7 +14,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any, Coroutine
+from collections.abc import Coroutine
+from typing import Any
 
 from . import channels
 from .access import Access
@@ -36,6 +37,8 @@ from .subscriptions import Subscriptions, unavailable
 
 #: what a connection refused for a cap is told to wait before it tries again
 RECONNECT_AFTER_MS = 1000
+#: how long a stopping node waits for its background work (giving back connection counts)
+STOP_WAIT_S = 2.0
 
 
 class Refused(Exception):
@@ -75,15 +78,17 @@ class Gateway:
 
     async def start(self) -> None:
         await self.engine.start()
-        try:
+        with contextlib.suppress(EngineUnavailable):  # the engine logged why; the node serves anyway
             await self.cluster.heartbeat()
-        except EngineUnavailable:
-            log(logging.WARNING, "engine unavailable at start", engine=self.engine.name)
 
     async def stop(self, code: int, reason: str) -> None:
-        """Close every connection with ``code`` (1012 on shutdown), then the engine."""
+        """Close every connection with ``code`` (1012 on shutdown), give their per-user
+        counts back (waiting at most ``STOP_WAIT_S``), then close the engine."""
         for conn in self.registry:
             conn.close(code, reason)
+            self.closed(conn, code, reason)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=STOP_WAIT_S)
         await self.engine.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -135,7 +140,8 @@ class Gateway:
             self._spawn(self._release(identity.user_id))
             return
         self.registry.add(conn)
-        log(logging.INFO, "connect", conn=session.id, user=identity.user_id, ip=session.address, admin=identity.is_admin)
+        log(logging.INFO, "connect", conn=session.id, user=identity.user_id, ip=session.address,
+            admin=identity.is_admin)
         hub = self.hub
         hub.warm(conn, channels.SYSTEM)  # system events wait until welcome and the backlog are out
         own = channels.user_channel(identity.user_id)
@@ -174,8 +180,15 @@ class Gateway:
             self.hub.remove(conn, channel)
         user = session.user_id
         assert user is not None
-        log(logging.INFO, "disconnect", conn=session.id, user=user, code=code, reason=reason,
-            seconds=round(time.time() - session.connected_at, 3))
+        log(
+            logging.INFO,
+            "disconnect",
+            conn=session.id,
+            user=user,
+            code=code,
+            reason=reason,
+            seconds=round(time.time() - session.connected_at, 3),
+        )
         self._spawn(self._release(user))
 
     async def _release(self, user: str) -> None:
@@ -199,15 +212,17 @@ class Gateway:
 
     # ------------------------------------------------------------------ publishing
 
-    async def publish(self, targets: list[str], name: str, data: dict[str, Any],
-                      idempotency_key: str | None) -> dict[str, Any]:
+    async def publish(
+        self, targets: list[str], name: str, data: dict[str, Any], idempotency_key: str | None
+    ) -> dict[str, Any]:
         """Store and fan out one event (see ``publishing.publish``), then create the
         notification it implies (``notifications.on_published``)."""
         answer = await publish(self.engine, targets, name, data, idempotency_key, self.settings.idempotency_ttl_s)
         self.metrics.published += 1
         try:
-            await self.notifications.on_published(targets, name, data, idempotency_key,
-                                                  self.settings.notifications_from_events)
+            await self.notifications.on_published(
+                targets, name, data, idempotency_key, self.settings.notifications_from_events
+            )
         except EngineUnavailable:
             # the event is stored, its notification is not: with a key, a retry is safe
             # (the event is not stored twice) and creates it, so ask for one; without

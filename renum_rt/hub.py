@@ -23,7 +23,8 @@ during an outage (``pause`` / ``resume``), so missed and new events go out in or
 from __future__ import annotations
 
 import enum
-from typing import Iterable, Protocol
+from collections.abc import Iterable
+from typing import Protocol
 
 from .ids import IdKey, parse_id
 from .metrics import Metrics

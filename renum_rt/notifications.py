@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Literal, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 from . import channels
 from .connections import Registry
 from .engines import Engine, EngineUnavailable
-from .engines.inbox import FIELDS, Change, Counter, Status
+from .engines.inbox import Change, Counter, Status
 from .logs import log
 from .metrics import Metrics
+from .protocol.events import NOTIFICATION_CONTENT
 
 #: execution statuses that end an execution, with the level of their notification
 FINAL = {"completed": "success", "failed": "error", "cancelled": "warning"}
@@ -72,7 +74,7 @@ def from_announcement(data: dict[str, Any]) -> dict[str, Any]:
 
 def complete(fields: dict[str, Any]) -> dict[str, Any]:
     """Every notification field, None where the creator gave none."""
-    return {name: fields.get(name) for name in FIELDS}
+    return {name: fields.get(name) for name in NOTIFICATION_CONTENT}
 
 
 class Notifications:

@@ -25,7 +25,9 @@ class Session:
         "bucket", "limited_in_row", "origin", "unread_version",
     )
 
-    def __init__(self, connection_id: str, address: str, settings: Settings, now: float, origin: str | None = None) -> None:
+    def __init__(
+        self, connection_id: str, address: str, settings: Settings, now: float, origin: str | None = None
+    ) -> None:
         self.id = connection_id
         self.address = address
         self.origin = origin
@@ -56,20 +58,33 @@ class Session:
             self.limited_in_row += 1
             retry = max(1, int(self.bucket.retry_after(now) * 1000 + 0.999))
             if self.limited_in_row >= self.settings.flood_close_after:
-                raise ProtocolError("rate_limited", "too many frames after rate_limited: closing",
-                                    retry_after_ms=retry, close=CLOSE_POLICY)
-            raise ProtocolError("rate_limited", f"more than {self.settings.rate:g} frames per second", retry_after_ms=retry)
+                raise ProtocolError(
+                    "rate_limited",
+                    "too many frames after rate_limited: closing",
+                    retry_after_ms=retry,
+                    close=CLOSE_POLICY,
+                )
+            raise ProtocolError(
+                "rate_limited", f"more than {self.settings.rate:g} frames per second", retry_after_ms=retry
+            )
         self.limited_in_row = 0
         limit = self.settings.max_frame_bytes
-        if len(message) > limit or (isinstance(message, str) and len(message) * 4 > limit
-                                    and len(message.encode("utf-8", "surrogatepass")) > limit):
+        if len(message) > limit or (
+            isinstance(message, str)
+            and len(message) * 4 > limit
+            and len(message.encode("utf-8", "surrogatepass")) > limit
+        ):
             raise ProtocolError("too_large", f"frame larger than {self.settings.max_frame_bytes} bytes")
         frame = parse_client_frame(message)
         if self.identity is None:
             if frame.type != "auth":
-                raise ProtocolError("unauthorized", "send an 'auth' frame first", ref=frame.ref, close=CLOSE_UNAUTHORIZED)
+                raise ProtocolError(
+                    "unauthorized", "send an 'auth' frame first", ref=frame.ref, close=CLOSE_UNAUTHORIZED
+                )
         elif frame.type == "auth":
-            raise ProtocolError("bad_request", "already authenticated; use 'refresh' to replace the token", ref=frame.ref)
+            raise ProtocolError(
+                "bad_request", "already authenticated; use 'refresh' to replace the token", ref=frame.ref
+            )
         return frame
 
     def authenticate(self, identity: Identity) -> None:

@@ -10,7 +10,8 @@ connection already had it) or gone, never warming with a buffer that grows for g
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Coroutine
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from . import channels
 from .config import Settings

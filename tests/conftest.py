@@ -10,7 +10,8 @@ session-wide private ``redis-server``. ``settings`` can be overridden per test w
 from __future__ import annotations
 
 import uuid
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 

@@ -11,8 +11,8 @@ schedule be tested exactly and shared by the WebSocket client and the HTTP publi
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 
 def backoff_delay_ms(

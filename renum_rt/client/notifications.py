@@ -8,7 +8,8 @@ the server pushes is on ``RealtimeClient.unread_count``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .realtime import RealtimeClient

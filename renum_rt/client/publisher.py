@@ -22,7 +22,8 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from typing import Any, Awaitable, Generic, Iterable, Literal, TypeVar
+from collections.abc import Awaitable, Iterable
+from typing import Any, Generic, Literal, TypeVar
 
 import ujson
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
@@ -130,7 +131,8 @@ class _PublisherBase(Generic[R]):
         """``execution.status`` on ``execution:<execution_id>`` (its page) and to
         ``users`` (their notifications). ``error`` holds ``code``, ``message`` and
         optionally ``details``."""
-        data: dict[str, Any] = {"execution_id": execution_id, "team_id": team_id, "status": status, "progress": progress}
+        data: dict[str, Any] = {"execution_id": execution_id, "team_id": team_id, "status": status,
+                                "progress": progress}
         if step is not None:
             data["step"] = step
         if error is not None:
@@ -155,7 +157,9 @@ class _PublisherBase(Generic[R]):
         data: dict[str, Any] = {"team_id": team_id, "name": name}
         if changes is not None:
             data["changes"] = changes
-        return self.publish(f"team.{kind}", data, channel=f"team:{team_id}", users=users, idempotency_key=idempotency_key)
+        return self.publish(
+            f"team.{kind}", data, channel=f"team:{team_id}", users=users, idempotency_key=idempotency_key
+        )
 
     def announcement(
         self,
@@ -193,7 +197,9 @@ class _PublisherBase(Generic[R]):
     def _post(self, path: str, body: dict[str, Any], idempotency_key: str | None, answer: str = "ids") -> R:
         raise NotImplementedError
 
-    def _prepare(self, path: str, body: dict[str, Any], idempotency_key: str | None) -> tuple[str, bytes, dict[str, str]]:
+    def _prepare(
+        self, path: str, body: dict[str, Any], idempotency_key: str | None
+    ) -> tuple[str, bytes, dict[str, str]]:
         """URL, body and headers of one call: its Idempotency-Key is fixed here, once."""
         headers = {
             "Authorization": f"Bearer {self._api_key}",
@@ -227,7 +233,10 @@ def _answer(status: int, retry_after: str | None, raw: bytes, field: str) -> dic
         return value
     error = body.get("error") if isinstance(body, dict) else None
     if not isinstance(error, dict):
-        error = {"code": f"http_{status}", "message": raw[:200].decode("utf-8", "replace") or http.client.responses.get(status, "")}
+        error = {
+            "code": f"http_{status}",
+            "message": raw[:200].decode("utf-8", "replace") or http.client.responses.get(status, ""),
+        }
     raise PublishError(
         status,
         str(error.get("code", f"http_{status}")),
@@ -252,8 +261,9 @@ class Publisher(_PublisherBase[dict[str, Any]]):
     Retries sleep in the calling thread (at most ``retries`` times).
     """
 
-    def _post(self, path: str, body: dict[str, Any], idempotency_key: str | None,
-              answer: str = "ids") -> dict[str, Any]:
+    def _post(
+        self, path: str, body: dict[str, Any], idempotency_key: str | None, answer: str = "ids"
+    ) -> dict[str, Any]:
         url, payload, headers = self._prepare(path, body, idempotency_key)
         retry = 0
         while True:
@@ -283,8 +293,9 @@ class AsyncPublisher(_PublisherBase[Awaitable[dict[str, Any]]]):
     every method is awaited and gives ``{channel: event id}`` (``notify``: the
     notification)."""
 
-    async def _post(self, path: str, body: dict[str, Any], idempotency_key: str | None,
-                    answer: str = "ids") -> dict[str, Any]:
+    async def _post(
+        self, path: str, body: dict[str, Any], idempotency_key: str | None, answer: str = "ids"
+    ) -> dict[str, Any]:
         url, payload, headers = self._prepare(path, body, idempotency_key)
         retry = 0
         while True:
@@ -299,7 +310,12 @@ class AsyncPublisher(_PublisherBase[Awaitable[dict[str, Any]]]):
 
     async def _fetch(self, url: str, payload: bytes, headers: dict[str, str]) -> tuple[int, str | None, bytes]:
         request = HTTPRequest(
-            url, method="POST", body=payload, headers=headers, connect_timeout=self.timeout, request_timeout=self.timeout
+            url,
+            method="POST",
+            body=payload,
+            headers=headers,
+            connect_timeout=self.timeout,
+            request_timeout=self.timeout,
         )
         try:
             response = await AsyncHTTPClient().fetch(request, raise_error=False)

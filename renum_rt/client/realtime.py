@@ -28,8 +28,9 @@ import itertools
 import logging
 import time
 import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable, Final, Sequence
+from typing import Any, Final
 
 import ujson
 from tornado.httpclient import HTTPClientError, HTTPRequest
@@ -380,7 +381,7 @@ class RealtimeClient:
             if 400 <= exc.code < 500 and exc.code not in (408, 429):
                 return _Session(_REFUSED, _http_error_message(exc))
             return _Session(None, _http_error_message(exc))
-        except (OSError, StreamClosedError, WebSocketError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, StreamClosedError, WebSocketError) as exc:
             return _Session(None, f"cannot connect: {exc!r}")
         self._conn = conn
         session = _Session()
@@ -488,7 +489,8 @@ class RealtimeClient:
         try:
             conn.write_message(ujson.dumps(frame, ensure_ascii=False, escape_forward_slashes=False))
         except WebSocketClosedError:
-            raise ConnectionClosedError("connection_lost", "the connection is closing", close_code=self.close_code) from None
+            raise ConnectionClosedError("connection_lost", "the connection is closing",
+                                        close_code=self.close_code) from None
 
     def _send_subscribe(self, channel: str, token: str | None) -> tuple[str, asyncio.Future[dict[str, Any]]]:
         ref = str(next(self._refs))
@@ -508,7 +510,7 @@ class RealtimeClient:
     async def _wait_reply(self, ref: str, future: asyncio.Future[dict[str, Any]]) -> dict[str, Any]:
         try:
             return await asyncio.wait_for(asyncio.shield(future), self.request_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise RealtimeError("timeout", f"no reply within {self.request_timeout} s") from None
         finally:
             if self._pending.get(ref) is future:
@@ -573,7 +575,9 @@ class RealtimeClient:
         while self.state != CONNECTED:
             if self.state in STOPPED:
                 raise ConnectionClosedError(
-                    self.state, f"the client stopped ({self.close_reason or self.close_code})", close_code=self.close_code
+                    self.state,
+                    f"the client stopped ({self.close_reason or self.close_code})",
+                    close_code=self.close_code,
                 )
             if self._state_changed is None:
                 self._state_changed = asyncio.get_running_loop().create_future()
@@ -582,7 +586,7 @@ class RealtimeClient:
                 raise RealtimeError("timeout", f"not connected within {timeout} s")
             try:
                 await asyncio.wait_for(asyncio.shield(self._state_changed), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise RealtimeError("timeout", f"not connected within {timeout} s") from None
 
     def _set_state(self, state: str) -> None:

@@ -25,15 +25,14 @@ racing) keeps the newest.
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 Status = Literal["unread", "read", "dismissed"]
 STATUSES: tuple[Status, ...] = ("unread", "read", "dismissed")
 #: how long an idempotency key of a create or an announcement is remembered
 IDEMPOTENCY_TTL_S = 24 * 3600
-#: the fields a creator gives; the store adds id, created_at and status
-FIELDS = ("title", "body", "level", "category", "data", "link")
 
 
 class UnknownNotification(Exception):

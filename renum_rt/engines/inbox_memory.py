@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 from ..ids import NOTIFICATION_SEQ as SEQ_PER_MS
 from ..ids import next_id
@@ -165,11 +166,16 @@ class MemoryInbox(Inbox):
         wanted = ("unread", "read") if status is None else (status,)
         below = key(cursor) if cursor is not None else None
         # both sources newest first and lazily: a page costs its size, not the inbox's
-        personal = ((k, self._item(nid, stored, inbox.status[nid])) for nid, (k, stored) in reversed(inbox.items.items())
-                    if inbox.status[nid] in wanted and (below is None or k < below))
-        shared = ((k, self._item(gid, stored, self._global_status(inbox, gid)))
-                  for gid, (k, stored) in reversed(self._globals.items())
-                  if self._global_status(inbox, gid) in wanted and (below is None or k < below))
+        personal = (
+            (k, self._item(nid, stored, inbox.status[nid]))
+            for nid, (k, stored) in reversed(inbox.items.items())
+            if inbox.status[nid] in wanted and (below is None or k < below)
+        )
+        shared = (
+            (k, self._item(gid, stored, self._global_status(inbox, gid)))
+            for gid, (k, stored) in reversed(self._globals.items())
+            if self._global_status(inbox, gid) in wanted and (below is None or k < below)
+        )
         merged = heapq.merge(personal, shared, key=lambda row: row[0], reverse=True)
         rows = list(itertools.islice(merged, limit + 1))  # one more tells whether there is a next page
         page = [item for _, item in rows[:limit]]
@@ -201,12 +207,16 @@ class MemoryInbox(Inbox):
         inbox = self._user(user)
         self._expire(inbox, now_ms)
         upto = key(before) if before is not None else None
-        changed = [nid for nid, (k, _) in inbox.items.items()
-                   if inbox.status[nid] == "unread" and (upto is None or k <= upto)]
+        changed = [
+            nid for nid, (k, _) in inbox.items.items() if inbox.status[nid] == "unread" and (upto is None or k <= upto)
+        ]
         for nid in changed:
             inbox.set_status(nid, "read")
-        read_globals = [gid for gid, (k, _) in self._globals.items()
-                        if self._global_status(inbox, gid) == "unread" and (upto is None or k <= upto)]
+        read_globals = [
+            gid
+            for gid, (k, _) in self._globals.items()
+            if self._global_status(inbox, gid) == "unread" and (upto is None or k <= upto)
+        ]
         # one boundary marks read every global notification up to it, however many there are
         last = self._last[0] * SEQ_PER_MS + self._last[1]
         inbox.boundary = max(inbox.boundary, last if upto is None else upto)
@@ -222,4 +232,3 @@ class MemoryInbox(Inbox):
             self._expire(inbox, now_ms)
             counts[user] = self._counter(inbox)
         return counts
-

@@ -26,14 +26,15 @@ with ``%.0f`` in the scripts so that none is written in exponent notation.
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Literal, Sequence, cast
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Literal, cast
 
 import redis.asyncio
 import ujson
 
-from ..protocol import encode
 from ..ids import NOTIFICATION_SEQ as SEQ_PER_MS
 from ..ids import notification_key as key
+from ..protocol import encode
 from .inbox import IDEMPOTENCY_TTL_S, Change, Counter, Inbox, InboxLimits, Page, Status, UnknownNotification
 
 _LUA = r"""
@@ -212,7 +213,9 @@ return out
 
 # ARGV: status, user horizon, global horizon, ttl_s, ids... Returns {0, unknown ids...}
 # or {1, count, version, changed ids...}.
-_MARK = _LUA + r"""
+_MARK = (
+    _LUA
+    + r"""
 local target = ARGV[1]
 local u = user_keys(5)
 expire_user(u, tonumber(ARGV[2]))
@@ -221,7 +224,11 @@ local unknown = {0}
 for i = 5, #ARGV do
   local id = ARGV[i]
   local found
-  if string.sub(id, 1, 1) == 'g' then found = redis.call('ZSCORE', GZ, id) else found = redis.call('HEXISTS', u.n, id) == 1 end
+  if string.sub(id, 1, 1) == 'g' then
+    found = redis.call('ZSCORE', GZ, id)
+  else
+    found = redis.call('HEXISTS', u.n, id) == 1
+  end
   if not found then unknown[#unknown + 1] = id end
 end
 if #unknown > 1 then return unknown end
@@ -260,10 +267,13 @@ local out = {1, c[1], c[2]}
 for _, id in ipairs(changed) do out[#out + 1] = id end
 return out
 """
+)
 
 # ARGV: upto score ('' = everything), user horizon, global horizon, ttl_s.
 # Returns {count, version, changed ids...}.
-_READ_ALL = _LUA + r"""
+_READ_ALL = (
+    _LUA
+    + r"""
 local u = user_keys(5)
 expire_user(u, tonumber(ARGV[2]))
 expire_global(tonumber(ARGV[3]))
@@ -299,9 +309,12 @@ local out = {c[1], c[2]}
 for _, id in ipairs(changed) do out[#out + 1] = id end
 return out
 """
+)
 
 # ARGV: global horizon. KEYS: shared, then 7 per user. Returns count, version per user.
-_UNREAD = _LUA + r"""
+_UNREAD = (
+    _LUA
+    + r"""
 expire_global(tonumber(ARGV[1]))
 local out = {}
 for i = 5, #KEYS, 7 do
@@ -311,6 +324,7 @@ for i = 5, #KEYS, 7 do
 end
 return out
 """
+)
 
 #: users counted per script call, so that one call never holds Redis for long
 UNREAD_BATCH = 200
@@ -326,8 +340,9 @@ async def _plain(command: str, call: Callable[[], Awaitable[Any]], idempotent: b
 
 
 class RedisInbox(Inbox):
-    def __init__(self, client: redis.asyncio.Redis, prefix: str, limits: InboxLimits = InboxLimits(),
-                 run: Run = _plain) -> None:
+    def __init__(
+        self, client: redis.asyncio.Redis, prefix: str, limits: InboxLimits = InboxLimits(), run: Run = _plain
+    ) -> None:
         self._run = run
         self._redis = client
         self._limits = limits
@@ -345,8 +360,10 @@ class RedisInbox(Inbox):
         return [base + k for k in ("n", "unread", "read", "dismissed", "g", "gb", "v")]
 
     def _horizons(self, now_ms: int) -> tuple[int, int]:
-        return ((now_ms - self._limits.max_age_s * 1000) * SEQ_PER_MS,
-                (now_ms - self._limits.global_max_age_s * 1000) * SEQ_PER_MS)
+        return (
+            (now_ms - self._limits.max_age_s * 1000) * SEQ_PER_MS,
+            (now_ms - self._limits.global_max_age_s * 1000) * SEQ_PER_MS,
+        )
 
     def _idem(self, idempotency_key: str | None) -> str:
         return f"{self._prefix}ib:idem:{idempotency_key}" if idempotency_key is not None else ""
@@ -356,31 +373,53 @@ class RedisInbox(Inbox):
         nid, _, stored = answer.partition(b"\n")
         return {"id": nid.decode(), **ujson.loads(stored), "status": "unread"}
 
-    async def create(self, users: Sequence[str], fields: dict[str, Any], now_ms: int,
-                     idempotency_key: str | None = None, ttl_s: int = IDEMPOTENCY_TTL_S,
-                     ) -> tuple[dict[str, Any], dict[str, Counter]]:
+    async def create(
+        self,
+        users: Sequence[str],
+        fields: dict[str, Any],
+        now_ms: int,
+        idempotency_key: str | None = None,
+        ttl_s: int = IDEMPOTENCY_TTL_S,
+    ) -> tuple[dict[str, Any], dict[str, Counter]]:
         unique = list(dict.fromkeys(users))
         stored = {**fields, "created_at": now_ms}
         keys = list(self._shared)
         for user in unique:
             keys += self._user_keys(user)
-        args: list[str | int] = [now_ms, encode(stored), self._limits.max_per_user, self._horizons(now_ms)[0], self._limits.max_age_s,
-                self._idem(idempotency_key), ttl_s]
-        reply = cast(list[Any], await self._run("inbox.create", lambda: self._create(keys=keys, args=args),
-                                                 idempotency_key is not None))
+        args: list[str | int] = [
+            now_ms,
+            encode(stored),
+            self._limits.max_per_user,
+            self._horizons(now_ms)[0],
+            self._limits.max_age_s,
+            self._idem(idempotency_key),
+            ttl_s,
+        ]
+        reply = cast(
+            list[Any],
+            await self._run("inbox.create", lambda: self._create(keys=keys, args=args), idempotency_key is not None),
+        )
         if reply[0] == b"":
             return self._first(reply[1]), {}
         nid = reply[0].decode()
         counts = {user: Counter(int(reply[1 + 2 * i]), int(reply[2 + 2 * i])) for i, user in enumerate(unique)}
         return {"id": nid, **stored, "status": "unread"}, counts
 
-    async def announce(self, fields: dict[str, Any], now_ms: int, idempotency_key: str | None = None,
-                       ttl_s: int = IDEMPOTENCY_TTL_S) -> tuple[dict[str, Any], bool]:
+    async def announce(
+        self, fields: dict[str, Any], now_ms: int, idempotency_key: str | None = None, ttl_s: int = IDEMPOTENCY_TTL_S
+    ) -> tuple[dict[str, Any], bool]:
         stored = {**fields, "created_at": now_ms}
-        args: list[str | int] = [now_ms, encode(stored), self._limits.max_global, self._horizons(now_ms)[1],
-                self._idem(idempotency_key), ttl_s]
-        reply = await self._run("inbox.announce", lambda: self._announce(keys=self._shared, args=args),
-                               idempotency_key is not None)
+        args: list[str | int] = [
+            now_ms,
+            encode(stored),
+            self._limits.max_global,
+            self._horizons(now_ms)[1],
+            self._idem(idempotency_key),
+            ttl_s,
+        ]
+        reply = await self._run(
+            "inbox.announce", lambda: self._announce(keys=self._shared, args=args), idempotency_key is not None
+        )
         if isinstance(reply, list):
             return self._first(reply[1]), False
         return {"id": cast(bytes, reply).decode(), **stored, "status": "unread"}, True
@@ -395,8 +434,12 @@ class RedisInbox(Inbox):
         for i in range(2, len(reply), 4):
             if reply[i + 3] is None:  # a personal id whose data expired between two reads: skip it
                 continue
-            rows.append((int(reply[i + 1]), {"id": reply[i].decode(), **ujson.loads(reply[i + 3]),
-                                              "status": reply[i + 2].decode()}))
+            rows.append(
+                (
+                    int(reply[i + 1]),
+                    {"id": reply[i].decode(), **ujson.loads(reply[i + 3]), "status": reply[i + 2].decode()},
+                )
+            )
         rows.sort(key=lambda row: row[0], reverse=True)
         items = [item for _, item in rows[:limit]]
         next_cursor = items[-1]["id"] if len(rows) > limit else None
@@ -414,8 +457,7 @@ class RedisInbox(Inbox):
         upto = str(key(before)) if before is not None else ""
         args: list[str | int] = [upto, *self._horizons(now_ms), self._limits.max_age_s]
         keys = self._shared + self._user_keys(user)
-        reply = cast(list[Any], await self._run("inbox.read_all", lambda: self._read_all(keys=keys, args=args),
-                                                 True))
+        reply = cast(list[Any], await self._run("inbox.read_all", lambda: self._read_all(keys=keys, args=args), True))
         changed = sorted((i.decode() for i in reply[2:]), key=key)
         return Change(changed, "read", Counter(int(reply[0]), int(reply[1])))
 
@@ -423,11 +465,12 @@ class RedisInbox(Inbox):
         counts: dict[str, Counter] = {}
         horizon = self._horizons(now_ms)[1]
         for start in range(0, len(users), UNREAD_BATCH):
-            batch = users[start:start + UNREAD_BATCH]
+            batch = users[start : start + UNREAD_BATCH]
             keys = list(self._shared)
             for user in batch:
                 keys += self._user_keys(user)
-            reply = cast(list[Any], await self._run("inbox.unread", lambda: self._unread(keys=keys, args=[horizon]), True))
+            reply = cast(list[Any], await self._run(
+                "inbox.unread", lambda keys=keys: self._unread(keys=keys, args=[horizon]), True))  # type: ignore[misc]
             for i, user in enumerate(batch):
                 counts[user] = Counter(int(reply[2 * i]), int(reply[2 * i + 1]))
         return counts

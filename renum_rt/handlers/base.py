@@ -11,9 +11,8 @@ import tornado.web
 import ujson
 
 from ..gateway import Gateway
-from ..protocol.errors import HTTP_STATUS
 from ..logs import log
-
+from ..protocol.errors import HTTP_STATUS
 
 #: the error code of an HTTP status, from the protocol's one table (codes.json): the
 #: first code listed with that status (400 is ``bad_request``)

@@ -5,7 +5,16 @@ holds the JSON Schema of every frame and domain event for clients and for the te
 """
 
 from .errors import CODES, ProtocolError
-from .frames import PROTOCOL_VERSION, SUBPROTOCOLS, ClientFrame, encode, event_frame, event_frame_head, event_frame_tail, parse_client_frame
+from .frames import (
+    PROTOCOL_VERSION,
+    SUBPROTOCOLS,
+    ClientFrame,
+    encode,
+    event_frame,
+    event_frame_head,
+    event_frame_tail,
+    parse_client_frame,
+)
 
 __all__ = [
     "CODES",

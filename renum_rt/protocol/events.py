@@ -101,6 +101,17 @@ _TEAM = {
     "changes": Rule(lambda v: isinstance(v, (dict, list)), "an object or a list", required=False),
 }
 
+#: what a notification says: the fields of ``POST /api/v1/notifications`` besides
+#: ``users``, and of the ``notification.created`` event besides what the server adds
+NOTIFICATION_CONTENT: dict[str, Rule] = {
+    "title": TEXT,
+    "body": _optional(STRING),
+    "level": _optional(LEVEL),
+    "category": _optional(STRING),
+    "data": _optional(OBJECT),
+    "link": _optional(STRING),
+}
+
 #: event name -> rules for its data (contract v1, "Domain events").
 _DOMAIN: dict[str, Mapping[str, Rule]] = {
     "execution.status": {
@@ -121,12 +132,7 @@ _DOMAIN: dict[str, Mapping[str, Rule]] = {
     "system.announcement": {"title": TEXT, "message": TEXT, "level": LEVEL},
     "notification.created": {
         "id": TEXT,
-        "title": TEXT,
-        "body": _optional(STRING),
-        "level": _optional(LEVEL),
-        "category": _optional(STRING),
-        "data": _optional(OBJECT),
-        "link": _optional(STRING),
+        **NOTIFICATION_CONTENT,
         "created_at": Rule(
             lambda v: isinstance(v, str) or _is_integer(v),
             "an integer or a string",
@@ -323,17 +329,6 @@ def validate_broadcast(body: object) -> PublishRequest:
     return PublishRequest(name, data, channels.SYSTEM, ())
 
 
-#: the fields of ``POST /api/v1/notifications`` besides ``users``
-_NOTIFICATION = {
-    "title": TEXT,
-    "body": _optional(STRING),
-    "level": _optional(LEVEL),
-    "category": _optional(STRING),
-    "data": _optional(OBJECT),
-    "link": _optional(STRING),
-}
-
-
 def validate_notification(body: object, *, max_users: int = MAX_USERS) -> tuple[tuple[str, ...], dict[str, Any]]:
     """Parse the body of ``POST /api/v1/notifications``: the users, and the notification
     fields (absent ones left out). Raise ``FieldError``."""
@@ -344,7 +339,7 @@ def validate_notification(body: object, *, max_users: int = MAX_USERS) -> tuple[
         raise FieldError("users", f"users is required: a list of 1 to {max_users} user ids")
     users = _users(body["users"], max_users)
     fields = {}
-    for name, rule in _NOTIFICATION.items():
+    for name, rule in NOTIFICATION_CONTENT.items():
         value = body.get(name)
         if value is None:
             if rule.required:

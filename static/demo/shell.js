@@ -4,6 +4,33 @@
 
 import { RenumRealtime } from "/static/renum-rt.js";
 
+// The top bar of every page: written here once, not repeated in each HTML file.
+document.getElementById("topbar").innerHTML = `
+<a class="brand" href="/demo/"><span class="logo">R</span>Renum</a>
+<nav class="nav">
+  <a href="/demo/" data-nav="home">Dashboard</a>
+  <a href="/demo/executions/42" data-nav="execution">Execution 42</a>
+</nav>
+<div class="spacer"></div>
+<div id="conn" class="conn" data-state="connecting" role="status"><span class="dot"></span><span class="label">Connecting…</span><button type="button" hidden>Retry</button></div>
+<div class="bell-wrap">
+  <button id="bell" class="bell" type="button" aria-label="Notifications">
+    <svg viewBox="0 0 24 24" fill="none" stroke="currentColor" stroke-width="2" stroke-linecap="round" stroke-linejoin="round" aria-hidden="true"><path d="M18 8a6 6 0 0 0-12 0c0 7-3 9-3 9h18s-3-2-3-9"/><path d="M13.73 21a2 2 0 0 1-3.46 0"/></svg>
+    <span class="badge" hidden>0</span>
+  </button>
+  <div id="inbox" class="inbox" hidden>
+    <div class="inbox-head"><h2>Notifications</h2><button type="button" class="linkish mark-all">Mark all as read</button></div>
+    <div class="inbox-tabs" role="tablist">
+      <button type="button" role="tab" aria-selected="true" data-status="">Inbox</button>
+      <button type="button" role="tab" aria-selected="false" data-status="unread">Unread</button>
+      <button type="button" role="tab" aria-selected="false" data-status="dismissed">Dismissed</button>
+    </div>
+    <div class="inbox-list"></div>
+    <div class="inbox-foot"><button type="button" class="linkish more" hidden>Load more</button></div>
+  </div>
+</div>
+  `;
+
 const TOKEN_KEY = "renum-demo-token";
 /** Reconnection attempts before the indicator shows "Offline" with a retry button. */
 const ATTEMPTS = 5;

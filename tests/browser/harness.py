@@ -6,6 +6,8 @@ import json
 import urllib.request
 from typing import Any
 
+from playwright.sync_api import BrowserContext, Page
+
 from renum_rt.auth import issue_token
 from tests.support.server_process import ROOT, ServerProcess
 
@@ -72,3 +74,12 @@ def publish(server: ServerProcess, event: str = "test.tick", **body: Any) -> dic
 def connections_of(server: ServerProcess, user: str) -> int:
     listing = http("GET", server.url + "/admin/api/connections", ADMIN_TOKEN)
     return sum(1 for row in listing["connections"] if row["user_id"] == user)
+
+
+def watched_page(context: BrowserContext) -> Page:
+    """A new tab whose script errors and console errors are kept in ``page.errors``."""
+    page = context.new_page()
+    page.errors = []  # type: ignore[attr-defined]
+    page.on("pageerror", lambda error: page.errors.append(str(error)))  # type: ignore[attr-defined]
+    page.on("console", lambda m: m.type == "error" and page.errors.append(m.text))  # type: ignore[attr-defined]
+    return page

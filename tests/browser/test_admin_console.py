@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 
-from tests.browser.harness import ADMIN_TOKEN, ENV, http, user_token
+from tests.browser.harness import ADMIN_TOKEN, ENV, http, user_token, watched_page
 from tests.support.server_process import ServerProcess
 
 OpenPage = Callable[..., Page]
@@ -37,10 +37,7 @@ def console_server() -> Iterator[ServerProcess]:
 
 
 def open_console(context: BrowserContext, server: ServerProcess) -> Page:
-    page = context.new_page()
-    page.errors = []  # type: ignore[attr-defined]
-    page.on("pageerror", lambda error: page.errors.append(str(error)))  # type: ignore[attr-defined]
-    page.on("console", lambda message: message.type == "error" and page.errors.append(message.text))  # type: ignore[attr-defined]
+    page = watched_page(context)
     page.goto(server.url + "/admin")
     page.wait_for_selector("#signin-view:not([hidden])", timeout=WAIT_MS)
     return page

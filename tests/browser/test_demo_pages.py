@@ -14,7 +14,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from renum_rt.client import Publisher
-from tests.browser.harness import ADMIN_TOKEN, API_KEY, ENV, http
+from tests.browser.harness import ADMIN_TOKEN, API_KEY, ENV, http, watched_page
 from tests.support.redis_server import RedisServer
 from tests.support.server_process import ServerProcess
 
@@ -22,17 +22,9 @@ WAIT_MS = 10_000
 
 
 @pytest.fixture
-def redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.cleanup()
-
-
-@pytest.fixture
-def dev_server(redis: RedisServer) -> Iterator[ServerProcess]:
+def dev_server(own_redis_server: RedisServer) -> Iterator[ServerProcess]:
     """``--dev`` with a known API key and secret, on Redis so that a restart keeps events."""
-    process = ServerProcess({**ENV, "RENUM_RT_REDIS_URL": redis.url}, args=("--dev",)).start()
+    process = ServerProcess({**ENV, "RENUM_RT_REDIS_URL": own_redis_server.url}, args=("--dev",)).start()
     yield process
     process.stop()
 
@@ -45,10 +37,7 @@ def tabs(browser: Browser) -> Iterator[BrowserContext]:
 
 
 def open_tab(context: BrowserContext, url: str) -> Page:
-    page = context.new_page()
-    page.errors = []  # type: ignore[attr-defined]
-    page.on("pageerror", lambda error: page.errors.append(str(error)))  # type: ignore[attr-defined]
-    page.on("console", lambda m: m.type == "error" and page.errors.append(m.text))  # type: ignore[attr-defined]
+    page = watched_page(context)
     page.goto(url)
     expect(page.locator("#conn")).to_have_attribute("data-state", "connected", timeout=WAIT_MS)
     return page

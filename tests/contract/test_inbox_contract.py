@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis.asyncio
 import tornado.ioloop
 
 from renum_rt.engines.inbox import Counter, Inbox, InboxLimits, UnknownNotification
-from renum_rt.ids import is_notification_id
-from renum_rt.ids import notification_key as key
 from renum_rt.engines.inbox_memory import MemoryInbox
 from renum_rt.engines.inbox_redis import RedisInbox
+from renum_rt.ids import is_notification_id
+from renum_rt.ids import notification_key as key
 
 NOW = 1_700_000_000_000
 DAY_MS = 24 * 3600 * 1000

@@ -210,7 +210,8 @@ async def test_two_connections_reading_at_once_end_with_the_same_exact_counter(
             await client.send(frame)
     for client, sent in frames.items():
         for frame in sent:
-            reply = await client.recv_until(lambda f: f.get("ref") == frame["ref"], frame["ref"])
+            ref = frame["ref"]
+            reply = await client.recv_until(lambda f, ref=ref: f.get("ref") == ref, ref)
             assert reply["type"] == "ok", reply
     await asyncio.gather(count(a, 0), count(b, 0))
     assert (await inbox(a))["unread"] == 0 and len((await inbox(b, status="dismissed"))["items"]) == 3

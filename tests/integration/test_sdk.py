@@ -1,7 +1,8 @@
 """The Python SDK against a real server process.
 
 Each test talks to ``python server.py`` started as a subprocess (tests/support's
-``ServerProcess``; in-memory engine, or Redis when ``RENUM_RT_REDIS_URL`` is set), the way a backend service and a Python
+``ServerProcess``; in-memory engine, or Redis when ``RENUM_RT_REDIS_URL`` is set), the way a backend service and a
+Python
 consumer would: ``Publisher``/``AsyncPublisher`` over HTTP, ``RealtimeClient`` over
 ``/ws``. The restart test kills the process with SIGKILL, so nothing is closed cleanly,
 and starts a new one on the same port. Waits are bounded polls or awaited events with
@@ -13,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import jwt
 import pytest
@@ -121,7 +123,12 @@ async def test_publish_reaches_a_client_on_the_user_channel(server: ServerProces
 
     ids = await in_thread(Publisher(server.url, API_KEY).publish, "report.ready", {"n": 1}, users=[user])
     event = await probe.event()
-    assert (event.channel, event.event, event.data, event.id) == (f"user:{user}", "report.ready", {"n": 1}, ids[f"user:{user}"])
+    assert (event.channel, event.event, event.data, event.id) == (
+        f"user:{user}",
+        "report.ready",
+        {"n": 1},
+        ids[f"user:{user}"],
+    )
 
     ids = await AsyncPublisher(server.url, API_KEY).publish("report.ready", {"n": 2}, users=[user])
     event = await probe.event()
@@ -145,8 +152,13 @@ async def test_execution_status_reaches_a_subscriber_with_a_subscription_token(s
     assert set(ids) == {channel, f"user:{other}"}
     event = await probe.event()
     assert event.channel == channel and event.event == "execution.status" and event.id == ids[channel]
-    assert event.data == {"execution_id": execution, "team_id": "t1", "status": "running", "progress": 40,
-                          "step": {"name": "search"}}
+    assert event.data == {
+        "execution_id": execution,
+        "team_id": "t1",
+        "status": "running",
+        "progress": 40,
+        "step": {"name": "search"},
+    }
     await probe.client.close()
 
 
@@ -171,8 +183,12 @@ async def test_reconnects_and_resubscribes_after_the_server_is_killed(spawn: Cal
     user, execution = new_id("u"), new_id("e")
     channel = f"execution:{execution}"
     attempts: list[tuple[int, float]] = []
-    probe = Probe(own_server.ws_url, user, backoff=Backoff(attempts=40, base_ms=50, max_ms=500),
-                  on_reconnecting=lambda attempt, delay: attempts.append((attempt, delay)))
+    probe = Probe(
+        own_server.ws_url,
+        user,
+        backoff=Backoff(attempts=40, base_ms=50, max_ms=500),
+        on_reconnecting=lambda attempt, delay: attempts.append((attempt, delay)),
+    )
     await probe.client.connect()
     await probe.client.subscribe(channel, token=grant(user, channel))
     publisher = AsyncPublisher(own_server.url, API_KEY)
@@ -223,8 +239,9 @@ async def test_same_idempotency_key_gives_the_same_ids_and_one_event(server: Ser
     await probe.client.connect()
     publisher = AsyncPublisher(server.url, API_KEY)
     first = await publisher.publish("job.done", {"job": 1}, users=[user], idempotency_key=key)
-    second = await in_thread(Publisher(server.url, API_KEY).publish, "job.done", {"job": 1}, users=[user],
-                             idempotency_key=key)
+    second = await in_thread(
+        Publisher(server.url, API_KEY).publish, "job.done", {"job": 1}, users=[user], idempotency_key=key
+    )
     assert first == second
     assert (await probe.event()).id == first[f"user:{user}"]
     marker = await publisher.publish("job.marker", {}, users=[user])
@@ -244,8 +261,9 @@ async def test_duplicates_from_a_replay_are_dropped(server: ServerProcess) -> No
     ids = [(await publisher.execution_status(execution, "t1", "running", p))[channel] for p in (10, 20)]
     assert [(await probe.event()).id for _ in ids] == ids
     # Ask the server, behind the client's back, to replay from before both events.
-    reply = await probe.client.request("subscribe", channel=channel, since=f"{int(ids[0].split('-')[0]) - 1}-0",
-                                       token=token)
+    reply = await probe.client.request(
+        "subscribe", channel=channel, since=f"{int(ids[0].split('-')[0]) - 1}-0", token=token
+    )
     assert reply["replayed"] == 2
     last = await publisher.execution_status(execution, "t1", "running", 30)
     assert (await probe.event()).id == last[channel]  # the replayed two were dropped
@@ -303,8 +321,13 @@ async def test_auth_frame_instead_of_url_token(server: ServerProcess) -> None:
     assert probe.client.user_id == user
     await probe.client.close()
 
-    bad = Probe(server.ws_url, user, send_auth_frame=True, token_provider=lambda: "not-a-jwt",
-                backoff=Backoff(base_ms=10, max_ms=10))
+    bad = Probe(
+        server.ws_url,
+        user,
+        send_auth_frame=True,
+        token_provider=lambda: "not-a-jwt",
+        backoff=Backoff(base_ms=10, max_ms=10),
+    )
     with pytest.raises(ConnectionClosedError) as caught:
         await bad.client.connect()
     assert caught.value.code == "unauthorized" and caught.value.close_code == 4001
@@ -346,8 +369,11 @@ async def test_admin_disconnect_4009_does_not_reconnect(server: ServerProcess) -
     await probe.client.connect()
     admin = user_token(new_id("admin"), app_metadata={"role": "admin"})
     response = await AsyncHTTPClient().fetch(
-        f"{server.url}/admin/api/users/{user}/disconnect", method="POST", body=b"{}",
-        headers={"Authorization": f"Bearer {admin}"}, raise_error=False,
+        f"{server.url}/admin/api/users/{user}/disconnect",
+        method="POST",
+        body=b"{}",
+        headers={"Authorization": f"Bearer {admin}"},
+        raise_error=False,
     )
     assert response.code < 300, response.body
     await probe.state("disconnected")
@@ -382,8 +408,12 @@ async def test_gives_up_after_the_backoff_attempts(spawn: Callable[..., ServerPr
     own_server = spawn()
     user = new_id("u")
     attempts: list[int] = []
-    client = RealtimeClient(own_server.ws_url, lambda: user_token(user), backoff=Backoff(attempts=3, base_ms=10, max_ms=20),
-                            on_reconnecting=lambda attempt, delay: attempts.append(attempt))
+    client = RealtimeClient(
+        own_server.ws_url,
+        lambda: user_token(user),
+        backoff=Backoff(attempts=3, base_ms=10, max_ms=20),
+        on_reconnecting=lambda attempt, delay: attempts.append(attempt),
+    )
     await client.connect()
     events = client.events()
     own_server.kill()
@@ -412,8 +442,15 @@ async def test_idle_close_4008_reconnects_on_the_next_activity(spawn: Callable[.
 async def test_notify_and_the_inbox_from_python(server: ServerProcess) -> None:
     user = new_id("inbox")
     publisher = AsyncPublisher(server.url, API_KEY)
-    created = await publisher.notify([user], "Report ready", "The weekly report is ready", level="success",
-                                     category="report", data={"report_id": "r1"}, link="/reports/r1")
+    created = await publisher.notify(
+        [user],
+        "Report ready",
+        "The weekly report is ready",
+        level="success",
+        category="report",
+        data={"report_id": "r1"},
+        link="/reports/r1",
+    )
     assert created["status"] == "unread" and created["title"] == "Report ready"
     probe = Probe(server.ws_url, user)
     await probe.client.connect()
@@ -438,7 +475,7 @@ async def test_auto_acks_are_coalesced_so_a_fast_stream_never_trips_the_frame_ra
     await probe.client.connect()
     publisher = AsyncPublisher(server.url, API_KEY)
     ids = []
-    for batch in range(6):  # 600 events in about a second: one ack frame each would be 12x the limit
+    for _batch in range(6):  # 600 events in about a second: one ack frame each would be 12x the limit
         sent = await asyncio.gather(*(publisher.publish("x.tick", {"i": i}, users=[user]) for i in range(100)))
         ids += [s[f"user:{user}"] for s in sent]
     received = [(await probe.event()).id for _ in ids]

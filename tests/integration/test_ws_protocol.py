@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import struct
-import contextlib
 import base64
+import contextlib
 import os
 import socket
+import struct
 from typing import Any
 
 import pytest
-import ujson
 import tornado.iostream
 import tornado.websocket
+import ujson
 from tornado.iostream import StreamClosedError
 
 from tests.integration.test_ws_basic import publish

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -36,7 +36,7 @@ def test_redact_jwt_with_empty_signature() -> None:
 
 @pytest.mark.parametrize("field", ["token", "api_key", "authorization", "Authorization", "TOKEN"])
 def test_redact_token_fields(field: str) -> None:
-    text = '{"type":"auth","%s":"opaque-secret-123","ref":"r1"}' % field
+    text = f'{{"type":"auth","{field}":"opaque-secret-123","ref":"r1"}}'
     out = redact(text)
     assert "opaque-secret-123" not in out
     assert json.loads(out) == {"type": "auth", field: "[redacted]", "ref": "r1"}

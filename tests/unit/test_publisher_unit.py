@@ -10,7 +10,8 @@ from __future__ import annotations
 import http.server
 import socket
 import threading
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import ujson
@@ -111,7 +112,9 @@ def test_retry_delay_prefers_retry_after_then_backoff() -> None:
 
 
 def test_400_is_not_retried_and_names_the_field(scripted: Scripted) -> None:
-    scripted.responses = [(400, error("bad_request", "data.progress must be a number from 0 to 100", "data.progress"), {})]
+    scripted.responses = [
+        (400, error("bad_request", "data.progress must be a number from 0 to 100", "data.progress"), {})
+    ]
     with pytest.raises(PublishError) as caught:
         Publisher(scripted.url, "k", backoff=FAST).execution_status("e1", "t1", "running", 150)
     assert (caught.value.status, caught.value.code, caught.value.field) == (400, "bad_request", "data.progress")
@@ -154,29 +157,60 @@ def test_unreachable_server_is_retried_then_raised() -> None:
 
 def test_domain_helpers_build_the_contract_events(scripted: Scripted) -> None:
     publisher = Publisher(scripted.url, "k")
-    publisher.execution_status("e1", "t1", "failed", 60, users=["u1"], step={"name": "fetch"},
-                               error={"code": "timeout", "message": "agent timed out"})
+    publisher.execution_status(
+        "e1",
+        "t1",
+        "failed",
+        60,
+        users=["u1"],
+        step={"name": "fetch"},
+        error={"code": "timeout", "message": "agent timed out"},
+    )
     publisher.execution_status("e2", "t1", "queued", 0)
     publisher.team_event("updated", "t1", "Research", users=["u1", "u2"], changes={"name": "Research"})
     publisher.announcement("Maintenance", "at 22:00", level="warning")
     bodies = [(r["path"], r["body"]) for r in scripted.requests]
     assert bodies == [
-        ("/api/v1/publish", {
-            "event": "execution.status", "channel": "execution:e1", "users": ["u1"],
-            "data": {"execution_id": "e1", "team_id": "t1", "status": "failed", "progress": 60,
-                     "step": {"name": "fetch"}, "error": {"code": "timeout", "message": "agent timed out"}},
-        }),
-        ("/api/v1/publish", {
-            "event": "execution.status", "channel": "execution:e2",
-            "data": {"execution_id": "e2", "team_id": "t1", "status": "queued", "progress": 0},
-        }),
-        ("/api/v1/publish", {
-            "event": "team.updated", "channel": "team:t1", "users": ["u1", "u2"],
-            "data": {"team_id": "t1", "name": "Research", "changes": {"name": "Research"}},
-        }),
-        ("/api/v1/broadcast", {
-            "event": "system.announcement", "data": {"title": "Maintenance", "message": "at 22:00", "level": "warning"},
-        }),
+        (
+            "/api/v1/publish",
+            {
+                "event": "execution.status",
+                "channel": "execution:e1",
+                "users": ["u1"],
+                "data": {
+                    "execution_id": "e1",
+                    "team_id": "t1",
+                    "status": "failed",
+                    "progress": 60,
+                    "step": {"name": "fetch"},
+                    "error": {"code": "timeout", "message": "agent timed out"},
+                },
+            },
+        ),
+        (
+            "/api/v1/publish",
+            {
+                "event": "execution.status",
+                "channel": "execution:e2",
+                "data": {"execution_id": "e2", "team_id": "t1", "status": "queued", "progress": 0},
+            },
+        ),
+        (
+            "/api/v1/publish",
+            {
+                "event": "team.updated",
+                "channel": "team:t1",
+                "users": ["u1", "u2"],
+                "data": {"team_id": "t1", "name": "Research", "changes": {"name": "Research"}},
+            },
+        ),
+        (
+            "/api/v1/broadcast",
+            {
+                "event": "system.announcement",
+                "data": {"title": "Maintenance", "message": "at 22:00", "level": "warning"},
+            },
+        ),
     ]
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import copy
 import json
 import math
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from jsonschema import Draft202012Validator
@@ -108,9 +109,18 @@ LIMITS = {
     "max_connections_per_user": 20,
     "idle_timeout_s": 1800,
 }
-WELCOME = {"type": "welcome", "v": 1, "connection_id": "c-7f3a", "user_id": "u1", "heartbeat_ms": 25000, "limits": LIMITS}
+WELCOME = {
+    "type": "welcome",
+    "v": 1,
+    "connection_id": "c-7f3a",
+    "user_id": "u1",
+    "heartbeat_ms": 25000,
+    "limits": LIMITS,
+}
 EVENT = json.loads(
-    frames.event_frame("execution:ex-42", "1700000000000-0", 1700000000000, "execution.status", dict(VALID_EVENTS[0][1]))
+    frames.event_frame(
+        "execution:ex-42", "1700000000000-0", 1700000000000, "execution.status", dict(VALID_EVENTS[0][1])
+    )
 )
 NOTIFICATION = {
     "id": "n1",
@@ -140,7 +150,13 @@ VALID_SERVER_FRAMES: list[dict[str, Any]] = [
     {"type": "error", "ref": None, "code": "bad_request", "message": "frame is not valid JSON", "field": "channel"},
     {"type": "error", "ref": "x", "code": "rate_limited", "message": "slow down", "retry_after_ms": 120},
     {"type": "ok", "ref": "r1"},
-    {"type": "notifications", "ref": "l1", "items": [NOTIFICATION, {"id": "n2", "title": "t"}], "next_cursor": None, "unread": 1},
+    {
+        "type": "notifications",
+        "ref": "l1",
+        "items": [NOTIFICATION, {"id": "n2", "title": "t"}],
+        "next_cursor": None,
+        "unread": 1,
+    },
     ProtocolError("unknown_type", "unknown frame type 'x'", ref="r", field="type").frame(),
     ProtocolError("rate_limited", "too many frames", retry_after_ms=20).frame(),
 ]
@@ -302,9 +318,26 @@ def test_client_frame_types_match_the_parser() -> None:
 # -- shared patterns ----------------------------------------------------------------
 
 CHANNEL_SAMPLES = [
-    "user:u1", "team:t1", "execution:ex-42", "system", "admin", "user:" + "x" * 128, "user:" + "x" * 129,
-    "user:a@b.c", "team:a|b=c+d-e_f.g", "user:", "user", "team:a b", "team:a/b", "room:1", "System", "system:1",
-    "user:u1:extra", "", "execution:é", "admin:1",
+    "user:u1",
+    "team:t1",
+    "execution:ex-42",
+    "system",
+    "admin",
+    "user:" + "x" * 128,
+    "user:" + "x" * 129,
+    "user:a@b.c",
+    "team:a|b=c+d-e_f.g",
+    "user:",
+    "user",
+    "team:a b",
+    "team:a/b",
+    "room:1",
+    "System",
+    "system:1",
+    "user:u1:extra",
+    "",
+    "execution:é",
+    "admin:1",
 ]
 
 
@@ -323,8 +356,22 @@ def test_channel_pattern_matches_channels_py(channel: str) -> None:
 
 @pytest.mark.parametrize(
     "event_id",
-    ["0-0", "1700000000000-0", "1700000000000-123", "1-", "-1", "1", "a-b", "1-1-1", "", " 1-1",
-     "9" * 19 + "-" + "9" * 19, "9" * 20 + "-0", "0-" + "9" * 20, "99999999999999999999999-0"],
+    [
+        "0-0",
+        "1700000000000-0",
+        "1700000000000-123",
+        "1-",
+        "-1",
+        "1",
+        "a-b",
+        "1-1-1",
+        "",
+        " 1-1",
+        "9" * 19 + "-" + "9" * 19,
+        "9" * 20 + "-0",
+        "0-" + "9" * 20,
+        "99999999999999999999999-0",
+    ],
 )
 def test_event_id_pattern_matches_ids_py(event_id: str) -> None:
     for name in ("frames.server.json", "frames.client.json", "http.json"):
@@ -342,7 +389,24 @@ def test_shared_definitions_are_identical() -> None:
 # -- events.json and events.py accept exactly the same events ------------------------
 
 WRONG_VALUES: list[Any] = [
-    None, "", "x", "running", "read", "info", 0, 50, 100, 101, -1, 1.5, 3.0, True, [], ["a"], [1], {},
+    None,
+    "",
+    "x",
+    "running",
+    "read",
+    "info",
+    0,
+    50,
+    100,
+    101,
+    -1,
+    1.5,
+    3.0,
+    True,
+    [],
+    ["a"],
+    [1],
+    {},
     {"code": "c", "message": "m"},
 ]
 
@@ -406,11 +470,15 @@ def test_assert_event_helper() -> None:
 
 # -- http.json and events.py accept exactly the same bodies --------------------------
 
-PUBLISH_SAMPLES = [body for body, _ in VALID_PUBLISH] + [body for body, _ in INVALID_PUBLISH] + [
-    {"event": "custom", "data": {}, "channel": "team:t1", "users": []},
-    {"event": "custom", "data": {}, "channel": "", "users": ["u1"]},
-    {"event": "custom", "data": {}, "users": ["u"] * 1000},
-]
+PUBLISH_SAMPLES = (
+    [body for body, _ in VALID_PUBLISH]
+    + [body for body, _ in INVALID_PUBLISH]
+    + [
+        {"event": "custom", "data": {}, "channel": "team:t1", "users": []},
+        {"event": "custom", "data": {}, "channel": "", "users": ["u1"]},
+        {"event": "custom", "data": {}, "users": ["u"] * 1000},
+    ]
+)
 BROADCAST_SAMPLES = [
     {"event": "system.announcement", "data": {"title": "t", "message": "m", "level": "info"}},
     {"event": "system.announcement", "data": {"title": "t", "message": "m"}},
@@ -448,8 +516,12 @@ def test_broadcast_body_schema_and_code_agree(body: Any) -> None:
 
 
 def test_publish_answers_fit_the_response_schema() -> None:
-    assert is_valid("http.json", {"ids": {"execution:ex-42": "1700000000000-0", "user:u1": "1700000000000-1"}}, "publish_response")
+    assert is_valid(
+        "http.json", {"ids": {"execution:ex-42": "1700000000000-0", "user:u1": "1700000000000-1"}}, "publish_response"
+    )
     assert not is_valid("http.json", {"ids": {"system": "x"}}, "publish_response")
     assert not is_valid("http.json", {"ids": {}}, "publish_response")
-    assert is_valid("http.json", {"error": {"code": "bad_request", "message": "m", "field": "users[3]"}}, "error_response")
+    assert is_valid(
+        "http.json", {"error": {"code": "bad_request", "message": "m", "field": "users[3]"}}, "error_response"
+    )
     assert not is_valid("http.json", {"error": {"code": "conflict", "message": "m"}}, "error_response")

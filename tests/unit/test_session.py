@@ -321,5 +321,6 @@ def test_welcome_reports_default_contract_limits() -> None:
 
 def test_counters_and_initial_state() -> None:
     s = session()
-    assert (s.id, s.address, s.origin, s.connected_at, s.last_active) == ("c1", "10.0.0.1", "https://app.example", T0, T0)
+    assert (s.id, s.address, s.origin, s.connected_at, s.last_active) == (
+        "c1", "10.0.0.1", "https://app.example", T0, T0)
     assert s.channels == set() and s.granted == set() and s.user_id is None
