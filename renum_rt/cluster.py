@@ -202,8 +202,20 @@ class Cluster:
 
     async def set_log_level(self, level: str, user: str | None) -> None:
         """On every node: the log level (no ``user``), or follow ``user``'s frames
-        (``level`` debug) or stop following them (any other level)."""
-        await self.engine.control({"op": "log_level", "level": level, "user": user})
+        (``level`` debug) or stop following them (any other level). This node applies it
+        at once (the answer to the admin is then true here), the others when the control
+        message reaches them."""
+        message = {"op": "log_level", "level": level, "user": user, "node": self.node_id}
+        self._apply_log_level(message)
+        await self.engine.control(message)
+
+    def _apply_log_level(self, message: dict[str, Any]) -> None:
+        level, user = str(message.get("level")), message.get("user")
+        if user is None:
+            TRACING.set_level(level)
+        else:
+            TRACING.follow(str(user), level == "debug")
+        log(logging.WARNING, "log level changed", to=level, user=user, node=self.node_id)
 
     def on_control(self, message: dict[str, Any]) -> None:
         op = message.get("op")
@@ -221,13 +233,8 @@ class Cluster:
             self._answer(message.get("request"), self._list(str(user) if user is not None else None, limit))
         elif op == "reply":
             self._received(message)
-        elif op == "log_level":
-            level, user = str(message.get("level")), message.get("user")
-            if user is None:
-                TRACING.set_level(level)
-            else:
-                TRACING.follow(str(user), level == "debug")
-            log(logging.WARNING, "log level changed", to=level, user=user, node=self.node_id)
+        elif op == "log_level" and message.get("node") != self.node_id:  # the sender applied it already
+            self._apply_log_level(message)
 
 
 def _newest_first(row: dict[str, Any]) -> tuple[float, str]:
