@@ -29,7 +29,7 @@ from .handlers.admin import (
     LogLevelHandler,
     StatsHandler,
 )
-from .handlers.api import BroadcastHandler, OpenApiHandler, PublishHandler
+from .handlers.api import BatchHandler, BroadcastHandler, OpenApiHandler, PublishHandler
 from .handlers.base import NotFoundHandler
 from .handlers.demo import DemoTokenHandler
 from .handlers.health import HealthHandler
@@ -54,6 +54,7 @@ def make_app(gateway: Gateway) -> tornado.web.Application:
         (r"/ws", WebSocketHandler, g),
         (r"/healthz", HealthHandler, g),
         (r"/api/v1/publish", PublishHandler, {**g, "buckets": buckets}),
+        (r"/api/v1/publish/batch", BatchHandler, {**g, "buckets": buckets}),
         (r"/api/v1/broadcast", BroadcastHandler, {**g, "buckets": buckets}),
         (r"/api/v1/notifications", CreateNotificationHandler, {**g, "buckets": buckets}),
         (r"/api/v1/users/([^/]+)/notifications", UserNotificationsHandler, {**g, "buckets": buckets}),

@@ -54,6 +54,9 @@ class Settings:
     http_burst: int = 2000
     idempotency_ttl_s: int = 24 * 3600
     max_users_per_publish: int = 1000
+    #: most events one ``POST /api/v1/publish/batch`` may carry (413 beyond): the
+    #: request takes one rate-limit token, so this bounds what one token buys
+    max_events_per_batch: int = 1000
 
     # -- HTTP connections
     #: seconds a client has to send a request's headers (an idle keep-alive connection
@@ -222,6 +225,7 @@ def _validate(s: Settings) -> None:
                 "max_connections_per_user", "max_connections_per_address", "idle_timeout", "heartbeat_ms",
                 "max_write_buffer_bytes", "replay_limit", "history_max_len", "http_max_body_bytes",
                 "http_rate", "http_burst", "auth_timeout_s", "flood_close_after", "max_users_per_publish",
+                "max_events_per_batch",
                 "redis_pool_size", "http_header_timeout_s", "http_body_timeout_s",
                 "inbox_max_per_user", "inbox_max_age_s", "inbox_global_max",
                 "inbox_global_max_age_s", "notifications_page_default", "notifications_page_max"]

@@ -32,7 +32,7 @@ from .metrics import Metrics
 from .notifications import Notifications
 from .protocol import ClientFrame, ProtocolError
 from .protocol.errors import CLOSE_RESTART, CLOSE_TOO_MANY
-from .publishing import publish
+from .publishing import publish, publish_batch
 from .subscriptions import Subscriptions, unavailable
 
 #: what a connection refused for a cap is told to wait before it tries again
@@ -216,9 +216,26 @@ class Gateway:
         self, targets: list[str], name: str, data: dict[str, Any], idempotency_key: str | None
     ) -> dict[str, Any]:
         """Store and fan out one event (see ``publishing.publish``), then create the
-        notification it implies (``notifications.on_published``)."""
+        notification it implies (``_notify``)."""
         answer = await publish(self.engine, targets, name, data, idempotency_key, self.settings.idempotency_ttl_s)
         self.metrics.published += 1
+        await self._notify(targets, name, data, idempotency_key)
+        return answer
+
+    async def publish_batch(
+        self, items: list[tuple[list[str], str, dict[str, Any], str | None]]
+    ) -> list[dict[str, Any]]:
+        """Store and fan out ``(targets, name, data, idempotency_key)`` events in one
+        engine call (see ``publishing.publish_batch``), then create each one's
+        notification, as ``publish`` does; the answers in order."""
+        answers = await publish_batch(self.engine, items, self.settings.idempotency_ttl_s)
+        self.metrics.published += len(items)
+        for targets, name, data, key in items:
+            await self._notify(targets, name, data, key)
+        return answers
+
+    async def _notify(self, targets: list[str], name: str, data: dict[str, Any], idempotency_key: str | None) -> None:
+        """The notification a stored event implies (``notifications.on_published``)."""
         try:
             await self.notifications.on_published(
                 targets, name, data, idempotency_key, self.settings.notifications_from_events
@@ -230,4 +247,3 @@ class Gateway:
             log(logging.WARNING, "event stored, its notification not", event=name, retry=idempotency_key is not None)
             if idempotency_key is not None:
                 raise
-        return answer

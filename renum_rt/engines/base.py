@@ -62,6 +62,19 @@ class Event:
 
 
 @dataclass(frozen=True, slots=True)
+class Publication:
+    """One event to publish (the arguments of ``Engine.publish``), as an item of
+    ``Engine.publish_batch``."""
+
+    channels: Sequence[str]
+    name: str
+    data: dict[str, Any]
+    ts: int
+    idempotency_key: str | None = None
+    ttl_s: int = IDEMPOTENCY_TTL_S
+
+
+@dataclass(frozen=True, slots=True)
 class Replay:
     """Events after a given id, oldest first.
 
@@ -130,6 +143,13 @@ class Engine(abc.ABC):
         progress" state: a retry after a lost reply gets the first ids, and a retry of a
         publish that never ran publishes.
         """
+
+    @abc.abstractmethod
+    async def publish_batch(self, items: Sequence[Publication]) -> list[dict[str, str]]:
+        """``publish`` for each item, in order, each with its own idempotency key; return
+        each item's ids. Every guarantee of ``publish`` holds per item (a key already
+        holding ids returns them, two items with one key store once), and so does
+        all-or-nothing for the batch: on ``EngineUnavailable`` no item is promised."""
 
     @abc.abstractmethod
     async def history(self, channel: str, since: str | None, limit: int) -> Replay:

@@ -19,7 +19,7 @@ from .. import channels
 from ..ids import IdKey, format_id, next_id, parse_id
 from ..logs import log
 from ..protocol import event_frame_head, event_frame_tail
-from .base import AUDIT_MAX, IDEMPOTENCY_TTL_S, AckRefused, Engine, Event, Replay, Retention
+from .base import AUDIT_MAX, IDEMPOTENCY_TTL_S, AckRefused, Engine, Event, Publication, Replay, Retention
 from .inbox import InboxLimits
 from .inbox_memory import MemoryInbox
 
@@ -103,6 +103,11 @@ class MemoryEngine(Engine):
             except Exception:  # the event is stored: a fan-out fault must not turn it into an error
                 log(logging.ERROR, "fan-out listener failed", channel=event.channel, exc_info=True)
         return ids
+
+    async def publish_batch(self, items: Sequence[Publication]) -> list[dict[str, str]]:
+        """A loop: each ``publish`` is one synchronous step already, and none can fail."""
+        return [await self.publish(item.channels, item.name, item.data, item.ts, item.idempotency_key, item.ttl_s)
+                for item in items]
 
     def _answer(self, key: str, now: float) -> dict[str, str] | None:
         """The ids a publish with ``key`` got, while they are kept."""

@@ -35,7 +35,8 @@ included) and wait for a free connection instead of opening one per concurrent c
 so a burst never becomes a connect storm. Idempotent commands (reads, acks, a publish
 with an idempotency key) are tried once more after a short pause when a connection
 fails; a publish without a key never is, since its first try may have run. Concurrent
-acks of one channel are sent as one script call. Redis refusing writes (out of memory,
+acks of one channel are sent as one script call, and so are the publishes of one loop
+turn (group commit, ``TurnGroup``). Redis refusing writes (out of memory,
 a read-only replica, ...) is ``EngineUnavailable`` like an unreachable Redis, and each
 ``EngineUnavailable`` is logged once, with the command and the reason.
 """
@@ -47,7 +48,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
 import redis.asyncio
 import ujson
@@ -63,11 +64,22 @@ from .. import channels
 from ..ids import format_id, parse_id
 from ..logs import log
 from ..protocol import encode, event_frame_head, event_frame_tail
-from .base import AUDIT_MAX, IDEMPOTENCY_TTL_S, AckRefused, Engine, EngineUnavailable, Event, Replay, Retention
+from .base import (
+    AUDIT_MAX,
+    IDEMPOTENCY_TTL_S,
+    AckRefused,
+    Engine,
+    EngineUnavailable,
+    Event,
+    Publication,
+    Replay,
+    Retention,
+)
 from .inbox import InboxLimits
 from .inbox_redis import RedisInbox
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 #: Errors that mean "Redis cannot be reached now" (``BusyLoadingError``, Redis still
 #: loading its data after a restart, is a ``ConnectionError``; so is "no free connection
@@ -111,55 +123,71 @@ local function now_ms()
 end
 """
 
-# KEYS: per channel, its stream (or id counter), then its latest hash if it keeps one;
-# last, with an idempotency key, the key's answer. ARGV: fanout, tail, name, data, ts,
-# max_len, max_age_s, the answer's ttl (0 = no key), then per channel: channel and mode
-# ('s' stored, 'l' stored + latest, 'c' live only). Storing, the answer and the one
-# PUBLISH of the whole request (the frame tail, then a channel and id line per channel)
-# happen together, so live order is stream order and a key never holds a half answer.
-# Returns {the answer JSON already kept under the key}, or {false, ids...}. Its first
-# write is the first XADD/SET, so a Redis refusing writes refuses before any.
+# Stores every event of a group (the publishes of one loop turn, or one batch request)
+# in order, as one script call. ARGV: fanout, max_len, max_age_s, then per event: tail,
+# name, data, ts, the answer's ttl (0 = no key), its channel count, then per channel:
+# channel and mode ('s' stored, 'l' stored + latest, 'c' live only). KEYS: per event,
+# per channel its stream (or id counter), then its latest hash if it keeps one; last,
+# with an idempotency key, the key's answer. Each event's storing, its answer and its
+# one PUBLISH (the frame tail, then a channel and id line per channel) happen together
+# and in group order, so live order is stream order and a key never holds a half
+# answer; an event whose key already holds an answer (an earlier publish, or an earlier
+# event of this group) stores nothing. Returns per event {the answer JSON already kept
+# under the key} or {false, ids...}. Its first write is the first XADD/SET, so a Redis
+# refusing writes refuses before any.
 _PUBLISH = _LUA_HELPERS + r"""
-local fanout, tail, name, data, ts = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local max_len, max_age, ttl = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-if ttl > 0 then
-  local answer = redis.call('GET', KEYS[#KEYS])
-  if answer then return {answer} end
-end
+local fanout, max_len, max_age = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = now_ms()
-local ids, answer, lines, k = {false}, {}, {tail}, 1
-for i = 9, #ARGV, 2 do
-  local channel, mode = ARGV[i], ARGV[i + 1]
-  local key, id = KEYS[k], nil
-  k = k + 1
-  if mode == 'c' then
-    id = string.format('%d-0', now)
-    local last = redis.call('GET', key)
-    if last and not less(last, id) then
-      local ms, seq = string.match(last, '^(%d+)-(%d+)$')
-      id = ms .. '-' .. string.format('%d', tonumber(seq) + 1)
-    end
-    redis.call('SET', key, id)
+local out, k, a = {}, 1, 4
+while a <= #ARGV do
+  local tail, name, data, ts = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local ttl, first = tonumber(ARGV[a + 4]), a + 6
+  local last = a + 5 + 2 * tonumber(ARGV[a + 5])
+  a = last + 1
+  local span = 0
+  for i = first, last, 2 do span = span + (ARGV[i + 1] == 'l' and 2 or 1) end
+  local kept = ttl > 0 and redis.call('GET', KEYS[k + span])
+  if kept then
+    out[#out + 1] = {kept}
   else
-    id = redis.call('XADD', key, 'MAXLEN', '~', max_len, '*', 'n', name, 'd', data, 't', ts)
-    if max_age > 0 then
-      redis.call('XTRIM', key, 'MINID', '~', string.format('%d-0', now - max_age * 1000))
-    end
-    if mode == 'l' then
-      redis.call('HSET', KEYS[k], 'i', id, 'n', name, 'd', data, 't', ts)
-      if max_age > 0 then redis.call('EXPIRE', KEYS[k], max_age) end
+    local ids, answer, lines = {false}, {}, {tail}
+    for i = first, last, 2 do
+      local channel, mode = ARGV[i], ARGV[i + 1]
+      local key, id = KEYS[k], nil
       k = k + 1
+      if mode == 'c' then
+        id = string.format('%d-0', now)
+        local prev = redis.call('GET', key)
+        if prev and not less(prev, id) then
+          local ms, seq = string.match(prev, '^(%d+)-(%d+)$')
+          id = ms .. '-' .. string.format('%d', tonumber(seq) + 1)
+        end
+        redis.call('SET', key, id)
+      else
+        id = redis.call('XADD', key, 'MAXLEN', '~', max_len, '*', 'n', name, 'd', data, 't', ts)
+        if max_age > 0 then
+          redis.call('XTRIM', key, 'MINID', '~', string.format('%d-0', now - max_age * 1000))
+        end
+        if mode == 'l' then
+          redis.call('HSET', KEYS[k], 'i', id, 'n', name, 'd', data, 't', ts)
+          if max_age > 0 then redis.call('EXPIRE', KEYS[k], max_age) end
+          k = k + 1
+        end
+      end
+      if max_age > 0 then redis.call('EXPIRE', key, max_age) end
+      lines[#lines + 1] = channel
+      lines[#lines + 1] = id
+      ids[#ids + 1] = id
+      answer[channel] = id
     end
+    if ttl > 0 then redis.call('SET', KEYS[k], cjson.encode(answer), 'EX', ttl) end
+    redis.call('PUBLISH', fanout, table.concat(lines, '\n'))
+    out[#out + 1] = ids
+    k = k - span
   end
-  if max_age > 0 then redis.call('EXPIRE', key, max_age) end
-  lines[#lines + 1] = channel
-  lines[#lines + 1] = id
-  ids[#ids + 1] = id
-  answer[channel] = id
+  k = k + span + (ttl > 0 and 1 or 0)
 end
-if ttl > 0 then redis.call('SET', KEYS[#KEYS], cjson.encode(answer), 'EX', ttl) end
-redis.call('PUBLISH', fanout, table.concat(lines, '\n'))
-return ids
+return out
 """
 
 # KEYS: the stream. ARGV: since ('' for none), limit, max_len, max_age_s.
@@ -295,6 +323,50 @@ def _event(channel: str, event_id: bytes, fields: dict[bytes, bytes]) -> Event:
     return Event(channel, event_id.decode(), int(fields[b"t"]), fields[b"n"].decode(), ujson.loads(fields[b"d"]))
 
 
+class TurnGroup(Generic[T, R]):
+    """Calls made in one event-loop turn, sent as one: each ``submit(items)`` of a turn
+    joins the others, and at the end of the turn ``run`` gets all their items in call
+    order and returns one answer per item. Each caller gets the answers of its own
+    items, or, if ``run`` fails, its error: no caller is half-answered."""
+
+    def __init__(self, run: Callable[[list[T]], Awaitable[list[R]]]) -> None:
+        self._run = run
+        self._waiting: list[tuple[Sequence[T], asyncio.Future[list[R]]]] | None = None
+        #: the runs in flight (``close`` waits for them)
+        self.calls: set[asyncio.Task[None]] = set()
+
+    async def submit(self, items: Sequence[T]) -> list[R]:
+        loop = asyncio.get_running_loop()
+        if self._waiting is None:
+            self._waiting = []
+            loop.call_soon(self._send)
+        future: asyncio.Future[list[R]] = loop.create_future()
+        self._waiting.append((items, future))
+        return await future
+
+    def _send(self) -> None:
+        waiting, self._waiting = self._waiting or [], None
+        call = asyncio.ensure_future(self._together(waiting))
+        self.calls.add(call)
+        call.add_done_callback(self.calls.discard)
+
+    async def _together(self, waiting: list[tuple[Sequence[T], asyncio.Future[list[R]]]]) -> None:
+        try:
+            answers = await self._run([item for items, _ in waiting for item in items])
+            start = 0
+            for items, future in waiting:
+                if not future.done():  # its caller went away
+                    future.set_result(answers[start:start + len(items)])
+                start += len(items)
+        except Exception as exc:
+            for _, future in waiting:
+                if not future.done():
+                    future.set_exception(exc)
+        finally:
+            for _, future in waiting:  # cancelled itself (the engine closing): so are its callers
+                future.cancel()
+
+
 class RedisEngine(Engine):
     """The ``Engine`` contract on Redis (7.0 or later: history needs ``max-deleted-entry-id``).
 
@@ -343,6 +415,7 @@ class RedisEngine(Engine):
         #: acks waiting for the end of this loop turn, per channel: (id, its caller's future)
         self._acks: dict[str, list[tuple[str, asyncio.Future[str]]]] = {}
         self._ack_calls: set[asyncio.Task[None]] = set()
+        self._publishes = TurnGroup(self._publish_group)
         self._probe: asyncio.Future[bool] | None = None
         self._probe_at = 0.0
 
@@ -365,7 +438,7 @@ class RedisEngine(Engine):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
             self._listener = None
-        await asyncio.gather(*self._ack_calls, return_exceptions=True)
+        await asyncio.gather(*self._ack_calls, *self._publishes.calls, return_exceptions=True)
         await self._redis.aclose()
 
     async def _run(self, command: str, call: Callable[[], Awaitable[T]], idempotent: bool) -> T:
@@ -486,37 +559,47 @@ class RedisEngine(Engine):
 
     async def publish(self, channel_names: Sequence[str], name: str, data: dict[str, Any], ts: int,
                       idempotency_key: str | None = None, ttl_s: int = IDEMPOTENCY_TTL_S) -> dict[str, str]:
+        """Joins the other publishes of this loop turn (``publish_batch``)."""
+        return (await self.publish_batch([Publication(channel_names, name, data, ts, idempotency_key, ttl_s)]))[0]
+
+    async def publish_batch(self, items: Sequence[Publication]) -> list[dict[str, str]]:
+        """Group commit: every publish and batch of this loop turn is one script call
+        (``_publish_group``), so a burst of publishes costs one round trip to Redis, not
+        one each, and each caller is answered once its own events are stored."""
+        return await self._publishes.submit(items)
+
+    async def _publish_group(self, items: list[Publication]) -> list[dict[str, str]]:
+        """One publish script call storing ``items`` in order. Retried after a lost
+        connection only when every item has an idempotency key: the retry then stores
+        nothing twice, while an item without one might be."""
         keys: list[str] = []
-        args: list[str | int] = [
-            self._fanout.decode(),
-            event_frame_tail(ts, name, data),
-            name,
-            encode(data),
-            ts,
-            self._retention.max_len,
-            self._retention.max_age_s,
-            ttl_s if idempotency_key is not None else 0,
-        ]
-        for channel in channel_names:
-            if not channels.is_stored(channel):
-                keys.append(self._key("id", channel))
-                mode = "c"
-            elif channels.keeps_latest(channel):
-                keys += [self._key("s", channel), self._key("latest", channel)]
-                mode = "l"
+        args: list[str | int] = [self._fanout.decode(), self._retention.max_len, self._retention.max_age_s]
+        for item in items:
+            keyed = item.idempotency_key is not None
+            args += [event_frame_tail(item.ts, item.name, item.data), item.name, encode(item.data), item.ts,
+                     item.ttl_s if keyed else 0, len(item.channels)]
+            for channel in item.channels:
+                if not channels.is_stored(channel):
+                    keys.append(self._key("id", channel))
+                    mode = "c"
+                elif channels.keeps_latest(channel):
+                    keys += [self._key("s", channel), self._key("latest", channel)]
+                    mode = "l"
+                else:
+                    keys.append(self._key("s", channel))
+                    mode = "s"
+                args += [channel, mode]
+            if item.idempotency_key is not None:
+                keys.append(self._key("pub", item.idempotency_key))
+        results = await self._run("publish", lambda: self._publish(keys=keys, args=args),
+                                  idempotent=all(item.idempotency_key is not None for item in items))
+        answers: list[dict[str, str]] = []
+        for item, (kept, *ids) in zip(items, results, strict=True):
+            if kept is not None:
+                answers.append(ujson.loads(kept))
             else:
-                keys.append(self._key("s", channel))
-                mode = "s"
-            args += [channel, mode]
-        if idempotency_key is not None:
-            keys.append(self._key("pub", idempotency_key))
-        # with a key, running the script twice stores once: a lost reply can be retried
-        kept, *ids = await self._run("publish", lambda: self._publish(keys=keys, args=args),
-                                     idempotent=idempotency_key is not None)
-        if kept is not None:
-            answer: dict[str, str] = ujson.loads(kept)
-            return answer
-        return {channel: event_id.decode() for channel, event_id in zip(channel_names, ids, strict=True)}
+                answers.append({channel: id_.decode() for channel, id_ in zip(item.channels, ids, strict=True)})
+        return answers
 
     async def history(self, channel: str, since: str | None, limit: int) -> Replay:
         after = format_id(parse_id(since)) if since is not None else ""

@@ -21,7 +21,14 @@ import tornado.web
 
 from ..engines import EngineUnavailable
 from ..limits import KeyedBuckets
-from ..protocol.events import FieldError, PublishRequest, validate_broadcast, validate_publish
+from ..protocol.events import (
+    FieldError,
+    PublishRequest,
+    TooManyEvents,
+    validate_batch,
+    validate_broadcast,
+    validate_publish,
+)
 from .base import HttpError, JsonHandler, keys_match
 
 OPENAPI = Path(__file__).resolve().parent.parent / "protocol" / "schemas" / "openapi.json"
@@ -124,6 +131,47 @@ class BroadcastHandler(PublishHandler):
 
     def validate(self, body: Any) -> PublishRequest:
         return validate_broadcast(body)
+
+
+class BatchHandler(ServiceHandler):
+    """``POST /api/v1/publish/batch``: many publish bodies in one request, stored in one
+    engine call (one Redis script call), each answered on its own: an invalid event is
+    refused alone and the others are stored.
+
+    The request takes one rate-limit token, like any other (the limiter decides from the
+    headers, before the body is read); a batch's weight is bounded by
+    ``max_events_per_batch`` (413 beyond) and the body size limit. With an
+    ``Idempotency-Key``, event ``i`` is published under the key ``<key>:<i>``: a retry of
+    the same body gets the same ids for every stored event and stores nothing twice.
+    """
+
+    async def post(self) -> None:
+        settings = self.gateway.settings
+        try:
+            try:
+                checked = validate_batch(self.body(), max_events=settings.max_events_per_batch,
+                                         max_users=settings.max_users_per_publish)
+            except TooManyEvents as exc:
+                raise HttpError(413, "too_large", exc.message, field=exc.field) from None
+            except FieldError as exc:
+                raise HttpError(400, "bad_request", exc.message, field=exc.field) from None
+            key = self.idempotency_key()
+            valid = [(i, request) for i, request in enumerate(checked) if isinstance(request, PublishRequest)]
+            try:
+                answers = await self.gateway.publish_batch(
+                    [(list(request.targets), request.event, request.data, f"{key}:{i}" if key is not None else None)
+                     for i, request in valid])
+            except EngineUnavailable as exc:
+                raise unavailable(exc) from None
+        except HttpError as error:
+            self.fail(error)
+            return
+        stored = iter(answers)
+        self.reply({"results": [
+            next(stored) if isinstance(outcome, PublishRequest)
+            else {"error": {"code": "bad_request", "message": outcome.message, "field": outcome.field}}
+            for outcome in checked
+        ]})
 
 
 class OpenApiHandler(JsonHandler):

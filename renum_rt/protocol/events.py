@@ -319,6 +319,37 @@ def validate_publish(body: object, *, max_users: int = MAX_USERS) -> PublishRequ
     return PublishRequest(name, data, channel, users)
 
 
+class TooManyEvents(FieldError):
+    """A batch listing more events than one request may carry (HTTP 413)."""
+
+
+def validate_batch(body: object, *, max_events: int,
+                   max_users: int = MAX_USERS) -> list[PublishRequest | FieldError]:
+    """Parse the body of ``POST /api/v1/publish/batch``: per event, in order, its
+    ``PublishRequest`` or the ``FieldError`` refusing it alone, its field prefixed with
+    ``events[i]``. Raise ``FieldError`` (``TooManyEvents`` past ``max_events``) when the
+    body as a whole is wrong: then no event is taken."""
+    if not isinstance(body, dict):
+        raise FieldError("body", "the body must be a JSON object")
+    listed = body.get("events")
+    if not isinstance(listed, list) or not listed:
+        raise FieldError("events", f"events must be a list of 1 to {max_events} publish bodies")
+    if len(listed) > max_events:
+        raise TooManyEvents("events", f"a batch may hold at most {max_events} events (got {len(listed)}): split it")
+    results: list[PublishRequest | FieldError] = []
+    for i, event in enumerate(listed):
+        try:
+            results.append(validate_publish(event, max_users=max_users))
+        except FieldError as exc:
+            where = f"events[{i}]"
+            if exc.field == "body":
+                field = where
+            else:  # a path starting with [""] (an empty key) takes no dot
+                field = where + (exc.field if exc.field.startswith("[") else "." + exc.field)
+            results.append(FieldError(field, f"{where}: {exc.message}"))
+    return results
+
+
 def validate_broadcast(body: object) -> PublishRequest:
     """Parse the decoded JSON body of ``POST /api/v1/broadcast``; the result's channel is
     ``system``. Raise ``FieldError``."""

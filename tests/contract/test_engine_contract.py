@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from renum_rt import protocol
-from renum_rt.engines.base import AckRefused, Engine, Event, Replay
+from renum_rt.engines.base import AckRefused, Engine, Event, Publication, Replay
 from renum_rt.ids import is_valid_id, parse_id
 
 from .conftest import Feed, eventually
@@ -194,6 +194,29 @@ async def test_concurrent_publishes_with_one_key_store_once_and_none_waits(io_lo
                                      for i in range(5)))
     assert all(answer == answers[0] for answer in answers)
     assert [e.id for e in (await engine.history("team:t1", None, 10)).events] == [answers[0]["team:t1"]]
+
+
+@pytest.mark.gen_test
+async def test_publishes_and_a_batch_of_one_loop_turn_are_each_answered_in_order(
+    io_loop: object, engine: Engine, feed: Feed
+) -> None:
+    # on Redis these are one script call (group commit); every engine answers each
+    # caller with its own ids, in the order the calls were made
+    batch = [Publication(["team:t1"], "b", {"i": i}, TS, idempotency_key="k" if i != 1 else None, ttl_s=60)
+             for i in range(3)]  # the first and last items share a key: stored once
+    answers = await asyncio.gather(*(engine.publish(["team:t1", "user:u1"], "n", {"i": i}, TS) for i in range(5)),
+                                   engine.publish_batch(batch),
+                                   engine.publish(["team:t1"], "n", {"i": 5}, TS))
+    singles, batched, last = answers[:5], answers[5], answers[6]
+    assert isinstance(batched, list) and batched[0] == batched[2] and batched[1] != batched[0]
+    expected = [a["team:t1"] for a in singles] + [batched[0]["team:t1"], batched[1]["team:t1"], last["team:t1"]]
+    keys = [parse_id(i) for i in expected]
+    assert keys == sorted(keys) and len(set(keys)) == len(keys)
+    assert [e.id for e in (await engine.history("team:t1", None, 20)).events] == expected
+    assert [e.id for e in (await engine.history("user:u1", None, 20)).events] == [a["user:u1"] for a in singles]
+    await feed.wait_for(lambda: len(feed.events) >= 13)
+    assert [i for c, i, _ in feed.events if c == "team:t1"] == expected  # live order is stored order
+    assert await engine.publish_batch([]) == []
 
 
 @pytest.mark.gen_test(timeout=10)

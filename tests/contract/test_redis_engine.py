@@ -15,7 +15,8 @@ import pytest
 import redis
 
 from renum_rt import protocol
-from renum_rt.engines.base import AckRefused, Engine, EngineUnavailable, Event, Replay, Retention
+from renum_rt.engines.base import AckRefused, Engine, EngineUnavailable, Event, Publication, Replay, Retention
+from renum_rt.engines.redis import TurnGroup
 from renum_rt.ids import parse_id
 from tests.support.redis_server import RedisServer
 
@@ -295,6 +296,68 @@ async def test_concurrent_acks_of_a_channel_are_one_script_call(
     assert answers[:-1] == [ids[-1]] * len(ids)  # the newest wins, for every caller
     assert isinstance(answers[-1], AckRefused)  # and only the ack past the newest event is refused
     assert await engine.cursor("user:u1") == ids[-1]
+
+
+def evalsha_calls(server: RedisServer) -> int:
+    with redis.Redis(port=server.port, socket_timeout=2) as admin:
+        return int(admin.info("commandstats")["cmdstat_evalsha"]["calls"])
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_publishes_and_batches_of_one_loop_turn_are_one_script_call(
+    io_loop: object, own_redis_server: RedisServer, open_engine: OpenEngine
+) -> None:
+    engine = await open_engine("redis", Feed(), url=own_redis_server.url)
+    await engine.publish(["team:t1"], "n", {}, TS)  # the script is loaded
+    before = evalsha_calls(own_redis_server)
+    answers = await asyncio.gather(
+        *(engine.publish(["team:t1", "admin"], "n", {"i": i}, TS, idempotency_key=f"k{i}", ttl_s=60)
+          for i in range(20)),
+        engine.publish_batch([Publication(["team:t1"], "b", {"i": i}, TS) for i in range(50)]))
+    assert evalsha_calls(own_redis_server) - before == 1
+    ids = [a["team:t1"] for a in answers[:20]] + [a["team:t1"] for a in answers[20]]  # type: ignore[index]
+    assert [e.id for e in (await engine.history("team:t1", None, 100)).events][1:] == ids
+    before = evalsha_calls(own_redis_server)
+    retried = await asyncio.gather(*(engine.publish(["team:t1"], "n", {}, TS, idempotency_key=f"k{i}", ttl_s=60)
+                                     for i in range(20)))
+    assert retried == answers[:20] and evalsha_calls(own_redis_server) - before == 1
+
+
+@pytest.mark.gen_test
+async def test_a_turn_group_answers_each_caller_or_fails_every_one(io_loop: object) -> None:
+    runs: list[list[int]] = []
+
+    async def double(items: list[int]) -> list[int]:
+        runs.append(items)
+        if 0 in items:
+            raise EngineUnavailable("down")
+        return [2 * i for i in items]
+
+    group: TurnGroup[int, int] = TurnGroup(double)
+    assert await asyncio.gather(group.submit([1, 2]), group.submit([]), group.submit([3])) == [[2, 4], [], [6]]
+    assert runs == [[1, 2, 3]]
+    answers = await asyncio.gather(group.submit([4]), group.submit([0, 5]), return_exceptions=True)
+    assert runs[1:] == [[4, 0, 5]] and all(isinstance(a, EngineUnavailable) for a in answers)
+    assert await group.submit([7]) == [14]  # the next turn is a group of its own
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_failing_group_fails_every_publish_in_it_and_stores_nothing(
+    io_loop: object, own_redis_server: RedisServer, open_engine: OpenEngine
+) -> None:
+    engine = await open_engine("redis", Feed(), url=own_redis_server.url)
+    await engine.publish(["team:t1"], "n", {}, TS)
+    with redis.Redis(port=own_redis_server.port, socket_timeout=5) as admin:
+        admin.config_set("maxmemory", 1)
+        try:
+            answers = await asyncio.gather(
+                *(engine.publish(["team:t1"], "n", {"i": i}, TS, idempotency_key=f"k{i}" if i % 2 else None)
+                  for i in range(10)),
+                engine.publish_batch([Publication(["team:t1"], "b", {}, TS)] * 3), return_exceptions=True)
+        finally:
+            admin.config_set("maxmemory", 0)
+        assert all(isinstance(a, EngineUnavailable) for a in answers), answers
+        assert admin.xlen(f"{engine._prefix}s:team:t1") == 1  # type: ignore[attr-defined]
 
 
 @pytest.mark.gen_test(timeout=30)

@@ -20,7 +20,7 @@ from renum_rt.engines import EngineUnavailable
 from renum_rt.protocol import CODES
 from tests.conftest import API_KEY, SECRET
 from tests.integration.test_ws_basic import publish
-from tests.support.schemas import load
+from tests.support.schemas import is_valid, load
 from tests.support.server_process import ServerProcess
 from tests.support.wsclient import connect
 from tests.unit.test_fuzz import BODIES
@@ -554,3 +554,92 @@ async def test_generated_bodies_get_a_json_answer_and_only_accepted_ones_are_sto
     kept = {(name, event.id) for name in named for event in await stored(node, name)
             if not event.name.startswith("notification.")}
     assert kept == accepted
+
+
+BATCH = "/api/v1/publish/batch"
+
+
+@pytest.mark.gen_test
+async def test_a_batch_stores_valid_events_in_order_and_refuses_invalid_ones_alone(
+    http_client: Any, base_url: str, ws_url: str, token: Any, node: Any
+) -> None:
+    client = await connect(ws_url, token("nb"))
+    events = [{"users": ["nb"], "event": "x.y", "data": {"n": 1}},
+              {"users": ["nb"], "event": "execution.status", "data": {**STATUS, "progress": 400}},
+              {"users": ["nb"], "event": "execution.status", "data": STATUS},  # failed: a notification too
+              [],
+              {"users": ["nb"], "event": "x.y", "data": {"": "@NAN@"}},
+              {"channel": "team:t9", "users": ["nb"], "event": "x.y", "data": {"n": 2}}]
+    response = await post_text(http_client, base_url, ujson.dumps({"events": events}).replace('"@NAN@"', "NaN"),
+                               path=BATCH)
+    assert response.code == 200, response.body
+    answer = ujson.loads(response.body)
+    assert is_valid("http.json", answer, "publish_batch_response")
+    results = answer["results"]
+    assert [sorted(r) for r in results] == [["ids"], ["error"], ["ids"], ["error"], ["error"], ["ids"]]
+    assert [r["error"]["field"] for r in results if "error" in r] == [
+        "events[1].data.progress", "events[3]", 'events[4].data[""]']
+    assert all(r["error"]["code"] == "bad_request" for r in results if "error" in r)
+    ids = [r["ids"]["user:nb"] for r in results if "ids" in r]
+    assert [e.id for e in await stored(node, "user:nb") if e.name != "notification.created"] == ids
+    assert [e.id for e in await stored(node, "team:t9")] == [results[5]["ids"]["team:t9"]]
+    got = [await client.recv_until(lambda f: f["type"] == "event" and f["channel"] == "user:nb", "event")
+           for _ in range(4)]  # the three events in order, and the failed execution's notification
+    assert [f["id"] for f in got if f["event"] != "notification.created"] == ids
+    assert [f["event"] for f in got].count("notification.created") == 1
+    client.close()
+
+
+@pytest.mark.parametrize(("body", "field"), [([], "body"), ({"events": []}, "events"), ({"events": {}}, "events"),
+                                             ({}, "events")])
+@pytest.mark.gen_test
+async def test_a_batch_body_that_is_wrong_as_a_whole_is_400(http_client: Any, base_url: str, body: Any,
+                                                            field: str) -> None:
+    response = await publish(http_client, base_url, body, path=BATCH)
+    assert response.code == 400 and error_of(response)["field"] == field
+
+
+@pytest.mark.settings(max_events_per_batch=3)
+@pytest.mark.gen_test
+async def test_a_batch_beyond_max_events_per_batch_is_413_and_stores_nothing(
+    http_client: Any, base_url: str, node: Any
+) -> None:
+    event = {"channel": "team:big", "event": "x.y", "data": {}}
+    response = await publish(http_client, base_url, {"events": [event] * 4}, path=BATCH)
+    assert response.code == 413 and error_of(response) == {
+        "code": "too_large", "field": "events", "message": error_of(response)["message"]}
+    assert await stored(node, "team:big") == []
+    assert (await publish(http_client, base_url, {"events": [event] * 3}, path=BATCH)).code == 200
+    response = await post_text(http_client, base_url, "{}", path=BATCH, headers={"Content-Type": "text/plain"})
+    assert response.code == 415
+
+
+@pytest.mark.settings(http_rate=1, http_burst=2)
+@pytest.mark.gen_test
+async def test_a_batch_takes_one_rate_limit_token_and_checks_the_key_first(http_client: Any, base_url: str) -> None:
+    body = {"events": [{"users": ["a"], "event": "x.y", "data": {}}] * 10}
+    assert (await publish(http_client, base_url, body, path=BATCH, key="wrong")).code == 401
+    codes = [(await publish(http_client, base_url, body, path=BATCH)).code for _ in range(3)]
+    assert codes[:2] == [200, 200] and codes[2] == 429
+
+
+@pytest.mark.gen_test
+async def test_a_batch_with_an_idempotency_key_stores_each_event_once(
+    http_client: Any, base_url: str, node: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    body = {"events": [{"channel": "team:idb", "event": "x.y", "data": {"n": n}} for n in range(3)]
+               + [{"event": "x.y", "data": {}}]}
+    first = await publish(http_client, base_url, body, path=BATCH, headers={"Idempotency-Key": "b-1"})
+    again = await publish(http_client, base_url, body, path=BATCH, headers={"Idempotency-Key": "b-1"})
+    assert first.code == again.code == 200 and first.body == again.body
+    assert [e.data["n"] for e in await stored(node, "team:idb")] == [0, 1, 2]
+    # a single publish with the same key is another route: its own key
+    single = await publish(http_client, base_url, body["events"][0], headers={"Idempotency-Key": "b-1"})
+    assert ujson.loads(single.body)["ids"] != ujson.loads(first.body)["results"][0]["ids"]
+
+    async def down(*args: Any, **kwargs: Any) -> Any:
+        raise EngineUnavailable("test: the store is down")
+
+    monkeypatch.setattr(node.gateway.engine, "publish_batch", down)
+    failed = await publish(http_client, base_url, body, path=BATCH, headers={"Idempotency-Key": "b-2"})
+    assert failed.code == 503 and error_of(failed)["code"] == "unavailable"

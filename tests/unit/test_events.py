@@ -13,6 +13,8 @@ from renum_rt.protocol.events import (
     MAX_DEPTH,
     FieldError,
     PublishRequest,
+    TooManyEvents,
+    validate_batch,
     validate_broadcast,
     validate_event,
     validate_publish,
@@ -372,3 +374,18 @@ def test_nesting_is_bounded() -> None:
 def test_unicode_that_is_valid_passes() -> None:
     data = {"emoji": "\U0001f600", "accents": "déjà vu", "cjk": "中文", "n": 1e308, "big": 10**30}
     assert validate_publish({"event": "custom", "data": data, "users": ["u1"]}).data == data
+
+
+def test_a_batch_names_each_refused_event_by_its_index_and_keeps_the_others() -> None:
+    good = {"channel": "team:t1", "event": "x.y", "data": {}}
+    checked = validate_batch({"events": [good, 3, {**good, "data": {"": float("nan")}}, {**good, "users": ["a", 1]}]},
+                             max_events=4)
+    assert isinstance(checked[0], PublishRequest)
+    assert [c.field for c in checked[1:] if isinstance(c, FieldError)] == ["events[1]", 'events[2].data[""]',
+                                                                          "events[3].users[1]"]
+    with pytest.raises(TooManyEvents):
+        validate_batch({"events": [good] * 5}, max_events=4)
+    for body, field in [([good], "body"), ({"events": []}, "events"), ({"events": good}, "events")]:
+        with pytest.raises(FieldError) as refused:
+            validate_batch(body, max_events=4)
+        assert refused.value.field == field
