@@ -67,6 +67,13 @@ def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen[Any] | Non
     raise TimeoutError(f"{url} not ready after {timeout} s ({last})")
 
 
+def get_text(url: str, headers: dict[str, str] | None = None, timeout: float = 5.0) -> str:
+    req = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        text: str = resp.read().decode()
+        return text
+
+
 def post(url: str, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> dict[str, Any]:
     data = json.dumps(body or {}).encode()
     req = urllib.request.Request(url, data=data, method="POST",
@@ -193,6 +200,60 @@ class RedisServer:
                 self.proc.kill()
                 self.proc.wait(5)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------- peers' environment
+
+#: the peers' own environment (git-ignored): a venv and an npm folder, never the package's dependencies
+PEERS_DIR = RESULTS / "peers"
+PEERS_PIP = ["websockets", "python-socketio", "aiohttp", "matplotlib"]
+PEERS_NPM = ["ws", "socket.io"]
+
+
+def peers_python() -> Path:
+    return PEERS_DIR / "venv" / "bin" / "python"
+
+
+def peers_env(log: Any = sys.stderr) -> Path:
+    """Create (once) bench/results/peers/: a venv with the Python peers (and matplotlib for the
+    charts) and an npm folder with the Node peers. Reused when already installed."""
+    PEERS_DIR.mkdir(parents=True, exist_ok=True)
+    py = peers_python()
+    if not py.exists():
+        print(f"# creating {PEERS_DIR / 'venv'}", file=log, flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(PEERS_DIR / "venv")], check=True, timeout=300)
+    probe = "import websockets, socketio, aiohttp, matplotlib"
+    if subprocess.run([str(py), "-c", probe], capture_output=True, timeout=120).returncode != 0:
+        print(f"# pip install {' '.join(PEERS_PIP)} into {PEERS_DIR / 'venv'}", file=log, flush=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", *PEERS_PIP], check=True, timeout=900)
+    if not all((PEERS_DIR / "node_modules" / name / "package.json").exists() for name in PEERS_NPM):
+        npm = shutil.which("npm")
+        if npm is None:
+            raise RuntimeError("npm is needed for the Node peers")
+        pkg = PEERS_DIR / "package.json"
+        if not pkg.exists():
+            pkg.write_text('{"name": "renum-bench-peers", "private": true}\n')
+        print(f"# npm install {' '.join(PEERS_NPM)} in {PEERS_DIR}", file=log, flush=True)
+        subprocess.run([npm, "install", "--no-audit", "--no-fund", *PEERS_NPM], cwd=PEERS_DIR, check=True,
+                       timeout=900)
+    return PEERS_DIR
+
+
+def raise_fd_limit() -> int:
+    """Soft RLIMIT_NOFILE up to the hard limit (inherited by the servers and the load generator,
+    which hold one descriptor per connection). Returns the new soft limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return int(soft)
 
 
 # ---------------------------------------------------------------------- /proc

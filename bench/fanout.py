@@ -16,6 +16,18 @@ Servers:
                      is published through node.gateway.publish(["system"], ...), so the
                      engine -> hub -> send_frame path is what is measured
   renum@PATH         the same from another source tree (e.g. a scratch copy with a change)
+  websockets         bench/peer_websockets.py: websockets' broadcast()
+  socketio-py        bench/peer_socketio.py: python-socketio on aiohttp, sio.emit()
+  ws-node            bench/peer_ws.mjs: Node ws, a loop of send()
+  socketio-node      bench/peer_socketio.mjs: Node socket.io 4, io.emit()
+  (the peers run from the bench's own venv and npm folder, bench/results/peers/, created on
+  first use by common.peers_env(); the socket.io ones are reached with Engine.IO v4 framing,
+  the load generator's "sio" mode)
+  all                all of the above except renum@PATH
+
+Event-loop lag (renum only): during the burst, /metrics is scraped every 0.25 s (with the
+launcher's API key) and the largest renum_rt_event_loop_lag_seconds is reported; the probe
+runs every 0.5 s, so this is the worst lag a probe saw, not every stall.
 
 Per run and server, a fresh server process and a fresh load generator:
   1. one control connection; RSS read from /proc/<pid>/status (VmRSS)
@@ -47,6 +59,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 from common import LOAD_CORE, SERVER_CORE, LoadGen, Proc, free_port, median, rnd  # noqa: E402
+
+ALL = ["tornado", "tornado-preframed", "renum", "websockets", "socketio-py", "ws-node", "socketio-node"]
+#: how each server is reached: WebSocket path, load generator's Socket.IO mode, burst trigger method
+SIO_PATH = "/socket.io/?EIO=4&transport=websocket"
 
 #: the peers' figures (shared/peer-figures.md, run 1 / run 2), for the summary
 PEERS = {
@@ -84,10 +100,13 @@ def parse_args() -> argparse.Namespace:
                    help="the servers log their full (gen 2) garbage collections; the ones during the burst "
                         "are counted in the results")
     p.add_argument("--log-level", default="info", help="renum-rt log level (default info, as in production)")
+    p.add_argument("--concurrency", type=int, default=50, help="handshakes in flight while connecting (default 50)")
+    p.add_argument("--no-loop-lag", action="store_true", help="do not scrape renum-rt's /metrics during the burst")
     return p.parse_args()
 
 
-def start_server(kind: str, port: int, secret: str, log: Path, log_level: str, gc_log: bool = False) -> Proc:
+def start_server(kind: str, port: int, secret: str, log: Path, log_level: str, gc_log: bool = False,
+                 api_key: str = "bench-unused") -> Proc:
     py = common.python()
     if kind in ("tornado", "tornado-preframed"):
         mode = "preframed" if kind == "tornado-preframed" else "write_message"
@@ -99,8 +118,19 @@ def start_server(kind: str, port: int, secret: str, log: Path, log_level: str, g
         root = Path(kind.split("@", 1)[1]).resolve() if "@" in kind else common.ROOT
         argv = [py, str(common.BENCH / "launch_renum.py"), "--port", str(port), "--root", str(root),
                 "--log-level", log_level, *(["--gc-log"] if gc_log else [])]
-        env = {"RENUM_RT_JWT_SECRET": secret, "RENUM_RT_API_KEY": "bench-unused", "RENUM_RT_REDIS_URL": ""}
+        env = {"RENUM_RT_JWT_SECRET": secret, "RENUM_RT_API_KEY": api_key, "RENUM_RT_REDIS_URL": ""}
         cwd = root
+    elif kind in ("websockets", "socketio-py"):
+        script = "peer_websockets.py" if kind == "websockets" else "peer_socketio.py"
+        argv = [str(common.peers_python()), str(common.BENCH / script), "--port", str(port)]
+        env, cwd = {}, common.ROOT
+    elif kind in ("ws-node", "socketio-node"):
+        import shutil
+
+        script = "peer_ws.mjs" if kind == "ws-node" else "peer_socketio.mjs"
+        argv = [shutil.which("node") or "node", str(common.BENCH / script), "--port", str(port),
+                "--peers-dir", str(common.PEERS_DIR)]
+        env, cwd = {}, common.ROOT
     else:
         raise SystemExit(f"unknown server {kind!r}")
     proc = Proc([*common.taskset(SERVER_CORE), *argv], log, env=env, cwd=cwd)
@@ -121,26 +151,65 @@ def ws_paths(kind: str, n: int, secret: str, prefix: str, out: Path) -> Path | N
     return out
 
 
+class LagScraper:
+    """Scrapes renum-rt's /metrics every ``every`` s in a thread; keeps the largest event-loop lag."""
+
+    def __init__(self, port: int, api_key: str, every: float = 0.25, limit_s: float = 300.0) -> None:
+        import threading
+
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.headers = {"Authorization": f"Bearer {api_key}"}
+        self.every, self.limit_s = every, limit_s
+        self.samples: list[float] = []
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self.limit_s  # bounded in time whatever happens
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            try:
+                # a long timeout: while the loop is stalled by a broadcast, the answer waits for it
+                for line in common.get_text(self.url, self.headers, timeout=30).splitlines():
+                    if line.startswith("renum_rt_event_loop_lag_seconds "):
+                        self.samples.append(float(line.split()[1]))
+            except OSError:
+                self.errors += 1
+            self._stop.wait(self.every)
+
+    def stop(self) -> dict[str, Any]:
+        self._stop.set()
+        self._thread.join(5)
+        return {"loop_lag_max_ms": rnd(max(self.samples) * 1000, 1) if self.samples else None,
+                "loop_lag_samples": len(self.samples), "loop_lag_scrape_errors": self.errors}
+
+
 def one_run(kind: str, args: argparse.Namespace, outdir: Path, run: int) -> dict[str, Any]:
-    secret, _ = common.bench_secrets()
+    secret, api_key = common.bench_secrets()
     port = free_port()
     tag = kind.replace("/", "_").replace("@", "-at-")
     server_log = outdir / f"server-{tag}-{run}.log"
-    server = start_server(kind, port, secret, server_log, args.log_level, args.gc_log)
+    server = start_server(kind, port, secret, server_log, args.log_level, args.gc_log, api_key)
+    is_renum = kind.startswith("renum")
+    sio = kind.startswith("socketio")
+    path = SIO_PATH if sio else "/ws"
+    lag: dict[str, Any] = {}
     gen = None
     try:
         gen = LoadGen(port, outdir / f"loadgen-{tag}-{run}.log")
-        proto = "renum.v1" if kind.startswith("renum") else None
+        proto = "renum.v1" if is_renum else None
         ctrl = ws_paths(kind, 1, secret, "ctrl", outdir / "paths-ctrl.json")
         many = ws_paths(kind, args.connections, secret, f"u{run}", outdir / "paths.json")
-        c1 = gen.call({"cmd": "connect", "n": 1, "path": "/ws", "proto": proto,
+        c1 = gen.call({"cmd": "connect", "n": 1, "path": path, "proto": proto, "sio": sio,
                        **({"paths_file": str(ctrl)} if ctrl else {})}, "connected")
         if c1["ok"] != 1:
             raise RuntimeError(f"control connection failed: {c1}")
         time.sleep(args.settle)
         rss_ctrl = common.rss_kb(server.pid)
-        c2 = gen.call({"cmd": "connect", "n": args.connections, "path": "/ws", "proto": proto,
-                       **({"paths_file": str(many)} if many else {})}, "connected", timeout=120)
+        c2 = gen.call({"cmd": "connect", "n": args.connections, "path": path, "proto": proto, "sio": sio,
+                       "concurrency": args.concurrency, **({"paths_file": str(many)} if many else {})},
+                      "connected", timeout=300)
         if c2["ok"] != args.connections:
             raise RuntimeError(f"only {c2['ok']} of {args.connections} connections opened: {c2['errors']}")
         time.sleep(args.settle)
@@ -154,11 +223,20 @@ def one_run(kind: str, args: argparse.Namespace, outdir: Path, run: int) -> dict
         gen_cpu0 = common.cpu_ns(gen.pid)
         t0 = time.monotonic_ns()
         t0_s = time.monotonic()
-        common.post(f"http://127.0.0.1:{port}/bench/burst?n={args.broadcasts}")
+        scraper = LagScraper(port, api_key, limit_s=args.timeout + 15) if is_renum and not args.no_loop_lag \
+            else None
+        burst_url = f"http://127.0.0.1:{port}/bench/burst?n={args.broadcasts}"
+        if kind == "websockets":  # websockets' HTTP side takes GET only
+            common.get_text(burst_url)
+        else:
+            common.post(burst_url)
         done = gen.expect("done", timeout=args.timeout + 10)
         t1 = time.monotonic_ns()
         cpu1 = common.cpu_ns(server.pid)
         gen_cpu1 = common.cpu_ns(gen.pid)
+        if scraper is not None:
+            time.sleep(0.6)  # the probe after a long stall reports it: one more probe period
+            lag = scraper.stop()
         stats = gen.call({"cmd": "stats"}, "stats")
     finally:
         if gen is not None:
@@ -193,15 +271,30 @@ def one_run(kind: str, args: argparse.Namespace, outdir: Path, run: int) -> dict
         "kb_per_connection": rnd((rss_all - rss_ctrl) / args.connections, 1),
         "connect_ms": c2["ms"],
         "closed_by_server": stats["closed_by_server"],
+        "bound": bound(cpu1 - cpu0, gen_cpu1 - gen_cpu0, wall_ns),
+        **lag,
         **({"per_event": done.get("per_event")} if args.per_event else {}),
         **({"gen2_collections_in_burst": len(gcs), "gen2_ms_total": rnd(sum(gcs), 1),
             "gen2_ms_max": rnd(max(gcs), 1) if gcs else None} if args.gc_log else {}),
     }
 
 
+def bound(server_ns: int, gen_ns: int, wall_ns: int, limit: float = 0.85) -> str:
+    """Which side was CPU-bound during the burst: the one that used at least ``limit`` of its core."""
+    s, g = server_ns / wall_ns >= limit, gen_ns / wall_ns >= limit
+    return "both" if s and g else "server" if s else "load generator" if g else "neither"
+
+
 def main() -> int:
     args = parse_args()
     kinds = [k.strip() for k in args.servers.split(",") if k.strip()]
+    if kinds == ["all"]:
+        kinds = list(ALL)
+    if any(k in ("websockets", "socketio-py", "ws-node", "socketio-node") for k in kinds):
+        common.peers_env()
+    fd_limit = common.raise_fd_limit()
+    if fd_limit < args.connections + 200:
+        raise SystemExit(f"the fd limit is {fd_limit}: too low for {args.connections} connections")
     common.pin_self(LOAD_CORE)
     outdir = common.results_dir("fanout")
     started = time.monotonic()
@@ -223,7 +316,8 @@ def main() -> int:
             lat = r["latency_ms"]
             print(f"# run {run} {kind:>18}: {r['per_s']} deliveries/s, p99 {lat['p99_ms']} ms, "
                   f"{r['server_cpu_us_per_delivery']} µs CPU/delivery (server busy {r['server_cpu_busy']}, "
-                  f"loadgen busy {r['loadgen_cpu_busy']}), {r['kb_per_connection']} KB/conn"
+                  f"loadgen busy {r['loadgen_cpu_busy']}: {r['bound']} bound), {r['kb_per_connection']} KB/conn"
+                  + (f", max loop lag {r['loop_lag_max_ms']} ms" if r.get("loop_lag_max_ms") is not None else "")
                   + (f", {r['gen2_collections_in_burst']} gen2 GCs in the burst ({r['gen2_ms_total']} ms)"
                      if "gen2_collections_in_burst" in r else ""),
                   file=sys.stderr, flush=True)
@@ -249,6 +343,9 @@ def main() -> int:
             "loadgen_cpu_busy": median([r["loadgen_cpu_busy"] for r in rs]),
             "kb_per_connection": median([r["kb_per_connection"] for r in rs]),
             "all_complete": all(r["complete"] for r in rs),
+            "bound": [r["bound"] for r in rs],
+            "loop_lag_max_ms": max((r["loop_lag_max_ms"] for r in rs if r.get("loop_lag_max_ms") is not None),
+                                   default=None),
         }
     for kind in kinds:
         b, k = by[base]["deliveries_per_s"], by[kind]["deliveries_per_s"]
@@ -258,7 +355,7 @@ def main() -> int:
         "machine": common.machine(),
         "params": {"servers": kinds, "runs": args.runs, "connections": args.connections,
                    "broadcasts": args.broadcasts, "frame_bytes": 175, "server_core": SERVER_CORE,
-                   "load_core": LOAD_CORE, "renum_log_level": args.log_level},
+                   "load_core": LOAD_CORE, "renum_log_level": args.log_level, "fd_limit": fd_limit},
         "baseline": base,
         "medians": by,
         "runs": runs,

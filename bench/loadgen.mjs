@@ -9,7 +9,10 @@
 //
 // Commands (stdin)                                           Answers (stdout)
 //   {"cmd":"connect","n":1000,"path":"/ws"}                  {"ev":"connected",...}
-//       or "paths":[...] / "paths_file":"f.json"; "proto":"renum.v1"; "concurrency":50
+//       or "paths":[...] / "paths_file":"f.json"; "proto":"renum.v1"; "concurrency":50;
+//       "sio":true: Socket.IO over Engine.IO v4 framing (path /socket.io/?EIO=4&transport=websocket):
+//       on the open packet ("0{...}") send "40" (join "/"), count the connection once "40" comes
+//       back, answer each ping ("2") with "3"; events ("42[...]") are measured like any frame
 //   {"cmd":"arm","marker":"bt=","mode":"stamp","expect":N,   {"ev":"armed"}, later {"ev":"done",...}
 //    "timeout_ms":60000, "capacity":N}   (capacity: latencies kept, default min(expect, 5e6))
 //       mode "stamp": the digits after the marker are the send time (CLOCK_MONOTONIC, µs)
@@ -175,6 +178,10 @@ function onFrames(conn, chunk, n0) {
     const end = start + len;
     const op = b0 & 0x0f;
     if (op === 1 || op === 2 || op === 0) {
+      if (conn.sio !== null && (len <= 2 || conn.sio !== "joined") && sioControl(conn, buf, start, len)) {
+        off = end;
+        continue;
+      }
       onMessage(buf, start, end, t);
     } else if (op === 9) {
       conn.sock.write(maskedFrame(0x0a, buf.subarray(start, end)));
@@ -190,10 +197,31 @@ function onFrames(conn, chunk, n0) {
   conn.rest = off < n ? Buffer.from(buf.subarray(off, n)) : null;
 }
 
-function openOne(path, proto) {
+// Engine.IO v4 / Socket.IO control packets (sio mode): "0{...}" open, "40..." joined, "2" ping.
+// Returns true when the frame was one of them.
+function sioControl(conn, buf, start, len) {
+  const c0 = buf[start];
+  if (c0 === 0x32 && len === 1) {
+    conn.sock.write(maskedFrame(0x01, Buffer.from("3")));
+    return true;
+  }
+  if (c0 === 0x30 && conn.sio === "wait-open") {
+    conn.sio = "wait-join";
+    conn.sock.write(maskedFrame(0x01, Buffer.from("40")));
+    return true;
+  }
+  if (c0 === 0x34 && len >= 2 && buf[start + 1] === 0x30 && conn.sio === "wait-join") {
+    conn.sio = "joined";
+    if (conn.onJoined) conn.onJoined();
+    return true;
+  }
+  return false;
+}
+
+function openOne(path, proto, sio) {
   return new Promise((resolve) => {
     const key = crypto.randomBytes(16).toString("base64");
-    const conn = { sock: null, rest: null, open: false, head: null };
+    const conn = { sock: null, rest: null, open: false, head: null, sio: sio ? "wait-open" : null, onJoined: null };
     let settled = false;
     const done = (err) => {
       if (settled) return;
@@ -218,7 +246,8 @@ function openOne(path, proto) {
         return done(status + " " + head.subarray(i + 4, i + 204).toString("utf8"));
       }
       conn.open = true;
-      done(null);
+      if (conn.sio === null) done(null);
+      else conn.onJoined = () => done(null);
       const rest = head.subarray(i + 4);
       if (rest.length) onFrames(conn, rest, rest.length);
     };
@@ -256,7 +285,7 @@ async function connect(cmd) {
   async function worker() {
     while (next < n) {
       const i = next++;
-      const r = await openOne(paths ? paths[i] : cmd.path, cmd.proto);
+      const r = await openOne(paths ? paths[i] : cmd.path, cmd.proto, !!cmd.sio);
       if (r.conn) {
         conns.push(r.conn);
         ok++;

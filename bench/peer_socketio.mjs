@@ -1,0 +1,64 @@
+// Peer server for bench/fanout.py: Node socket.io 4, broadcast with io.emit().
+//
+//   node bench/peer_socketio.mjs --port 9006 --peers-dir bench/results/peers
+//
+// socket.io comes from the bench's own npm folder (--peers-dir, made by common.peers_env()).
+// Socket.IO (Engine.IO v4) on /socket.io/, WebSocket transport only; the load generator
+// connects with ?EIO=4&transport=websocket, joins the default namespace ("40") and
+// answers pings. GET /healthz answers 200; POST /bench/burst?n=100 answers at once, then
+// emits n "event" messages to every client (io.emit), yielding to the event loop
+// (setImmediate) between two. The event data is the renum-rt event object of
+// bench/baseline_tornado.py, with the send time (CLOCK_MONOTONIC, µs) after "bt=".
+// Listens on 127.0.0.1 only; SIGTERM/SIGINT stop it.
+
+import http from "node:http";
+import path from "node:path";
+import { createRequire } from "node:module";
+
+const argv = process.argv.slice(2);
+const arg = (name, dflt) => (argv.includes(name) ? argv[argv.indexOf(name) + 1] : dflt);
+const PORT = Number(arg("--port", "9006"));
+const require = createRequire(path.join(path.resolve(arg("--peers-dir", "bench/results/peers")), "package.json"));
+const { Server } = require("socket.io");
+const SIO_VERSION = require("socket.io/package.json").version;
+
+const nowUs = () => Number(process.hrtime.bigint() / 1000n);
+function event(seq) {
+  const ms = Date.now();
+  return {
+    type: "event", v: 1, channel: "system", id: `${ms}-${seq}`, ts: ms, event: "system.announcement",
+    data: { title: "b", message: `bt=${nowUs()}`, level: "info" },
+  };
+}
+const tick = () => new Promise((resolve) => setImmediate(resolve));
+
+let io;
+async function burst(n) {
+  for (let seq = 0; seq < n; seq++) {
+    io.emit("event", event(seq));
+    await tick();
+  }
+}
+
+const server = http.createServer((req, res) => {
+  const url = new URL(req.url, "http://127.0.0.1");
+  if (url.pathname === "/healthz") {
+    res.writeHead(200, { "Content-Type": "application/json" }).end('{"ok":true}');
+  } else if (url.pathname === "/bench/burst" && req.method === "POST") {
+    const n = Number(url.searchParams.get("n") || "100");
+    res.writeHead(200, { "Content-Type": "application/json" }).end(`{"started":true,"n":${n}}`);
+    req.resume();
+    setImmediate(() => burst(n));
+  } else {
+    res.writeHead(404).end();
+  }
+});
+io = new Server(server, { transports: ["websocket"], serveClient: false, perMessageDeflate: false });
+server.listen(PORT, "127.0.0.1", () => console.log(`node socket.io ${SIO_VERSION} on 127.0.0.1:${PORT}`));
+const stop = () => {
+  io.close();
+  server.close(() => process.exit(0));
+  setTimeout(() => process.exit(0), 2000).unref();
+};
+process.on("SIGTERM", stop);
+process.on("SIGINT", stop);
