@@ -23,7 +23,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Awaitable, Iterable
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar, cast
 
 import ujson
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
@@ -34,6 +34,8 @@ from .backoff import Backoff
 
 #: What a publish returns: ``dict[str, str]`` (sync) or an awaitable of it (async).
 R = TypeVar("R")
+#: What a batch returns: the list of results (sync) or an awaitable of it (async).
+L = TypeVar("L")
 
 USER_AGENT = f"renum-rt-python/{__version__}"
 
@@ -70,7 +72,7 @@ class PublishError(Exception):
         return self.status is None or self.status in (409, 429) or self.status >= 500
 
 
-class _PublisherBase(Generic[R]):
+class _PublisherBase(Generic[R, L]):
     """Everything but the transport: bodies, headers, answers, retry decisions."""
 
     def __init__(
@@ -111,6 +113,16 @@ class _PublisherBase(Generic[R]):
         if listed:
             body["users"] = listed
         return self._post("/api/v1/publish", body, idempotency_key)
+
+    def publish_batch(self, events: Iterable[dict[str, Any]], *, idempotency_key: str | None = None) -> L:
+        """Publish several events in one request (``POST /api/v1/publish/batch``): each of
+        ``events`` is a publish body (``{"event", "data", "channel"?, "users"?}``). Returns
+        one result per event, in order: ``{"ids": {...}}`` once stored, or ``{"error":
+        {"code", "message", "field"}}`` for an event refused alone (the others are
+        stored). Retries resend the same key, and the server keeps one per event, so a
+        retry stores no event twice."""
+        # the transport's ``_post`` gives the answer's "results": a list, not an object
+        return cast(L, self._post("/api/v1/publish/batch", {"events": list(events)}, idempotency_key, "results"))
 
     def broadcast(self, event: str, data: dict[str, Any], *, idempotency_key: str | None = None) -> R:
         """Publish ``event`` to every user, on ``system``."""
@@ -219,16 +231,16 @@ class _PublisherBase(Generic[R]):
         return self.backoff.delay_ms(retry) / 1000
 
 
-def _answer(status: int, retry_after: str | None, raw: bytes, field: str) -> dict[str, Any]:
-    """``field`` of a 2xx answer (the ids, the notification); else raise the
-    ``PublishError`` its body describes."""
+def _answer(status: int, retry_after: str | None, raw: bytes, field: str) -> Any:
+    """``field`` of a 2xx answer (the ids, the notification: an object; the results of a
+    batch: a list); else raise the ``PublishError`` its body describes."""
     try:
         body = ujson.loads(raw)
     except (ValueError, TypeError):
         body = None
     if 200 <= status < 300:
         value = body.get(field) if isinstance(body, dict) else None
-        if not isinstance(value, dict):
+        if not isinstance(value, list if field == "results" else dict):
             raise PublishError(status, "bad_response", f"no {field} in the answer: {raw[:200]!r}")
         return value
     error = body.get("error") if isinstance(body, dict) else None
@@ -254,16 +266,16 @@ def _seconds(retry_after: str | None) -> float | None:
         return None
 
 
-class Publisher(_PublisherBase[dict[str, Any]]):
+class Publisher(_PublisherBase[dict[str, Any], list[dict[str, Any]]]):
     """Synchronous publisher; every method returns ``{channel: event id}`` (``notify``:
-    the notification).
+    the notification; ``publish_batch``: the list of results).
 
     Retries sleep in the calling thread (at most ``retries`` times).
     """
 
     def _post(
         self, path: str, body: dict[str, Any], idempotency_key: str | None, answer: str = "ids"
-    ) -> dict[str, Any]:
+    ) -> Any:
         url, payload, headers = self._prepare(path, body, idempotency_key)
         retry = 0
         while True:
@@ -288,14 +300,14 @@ class Publisher(_PublisherBase[dict[str, Any]]):
             raise PublishError(None, "unreachable", f"{url}: {exc}") from exc
 
 
-class AsyncPublisher(_PublisherBase[Awaitable[dict[str, Any]]]):
+class AsyncPublisher(_PublisherBase[Awaitable[dict[str, Any]], Awaitable[list[dict[str, Any]]]]):
     """Asynchronous publisher (Tornado's ``AsyncHTTPClient``, any asyncio loop);
     every method is awaited and gives ``{channel: event id}`` (``notify``: the
-    notification)."""
+    notification; ``publish_batch``: the list of results)."""
 
     async def _post(
         self, path: str, body: dict[str, Any], idempotency_key: str | None, answer: str = "ids"
-    ) -> dict[str, Any]:
+    ) -> Any:
         url, payload, headers = self._prepare(path, body, idempotency_key)
         retry = 0
         while True:

@@ -246,3 +246,27 @@ async def test_async_publisher_unreachable() -> None:
     with pytest.raises(PublishError) as caught:
         await AsyncPublisher(f"http://127.0.0.1:{port}", "k", retries=1, backoff=FAST, timeout=2).announcement("a", "b")
     assert caught.value.status is None and caught.value.code == "unreachable"
+
+
+RESULTS = {"results": [IDS, error("bad_request", "events[1]: event must be a name", "events[1].event")]}
+EVENTS = [{"event": "x.a", "data": {}, "users": ["u1"]}, {"event": "X", "data": {}, "users": ["u1"]}]
+
+
+def test_publish_batch_returns_every_result_and_retries_with_the_same_key(scripted: Scripted) -> None:
+    scripted.responses = [(503, error("unavailable", "down"), {"Retry-After": "0"}), (200, RESULTS, {})]
+    results = Publisher(scripted.url, "k", backoff=FAST).publish_batch(iter(EVENTS))
+    assert results == RESULTS["results"]
+    assert [r["path"] for r in scripted.requests] == ["/api/v1/publish/batch"] * 2
+    assert scripted.requests[0]["body"] == {"events": EVENTS}
+    assert scripted.requests[0]["headers"]["Idempotency-Key"] == scripted.requests[1]["headers"]["Idempotency-Key"]
+    scripted.responses = [(200, IDS, {})]  # an answer without results is refused
+    with pytest.raises(PublishError, match="no results"):
+        Publisher(scripted.url, "k", backoff=FAST).publish_batch(EVENTS)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_async_publish_batch_returns_every_result(scripted: Scripted) -> None:
+    scripted.responses = [(200, RESULTS, {})]
+    results = await AsyncPublisher(scripted.url, "k", backoff=FAST).publish_batch(EVENTS, idempotency_key="b1")
+    assert results == RESULTS["results"]
+    assert scripted.requests[0]["headers"]["Idempotency-Key"] == "b1"
