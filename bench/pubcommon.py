@@ -5,11 +5,13 @@ and one phase of HTTP publishing measured end to end (publish send -> WebSocket 
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import secrets
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -122,6 +124,47 @@ class Setup:
         if self.redis:
             rep["redis_cpu_busy"] = round((common.cpu_ns(self.redis.proc.pid) - redis_cpu0) / wall, 3)
         return rep
+
+    def batch_phase(self, *, duration_s: float, conns: int, size: int) -> dict[str, Any]:
+        """``conns`` keep-alive connections (threads of this process, on the load core)
+        post ``POST /api/v1/publish/batch`` bodies of ``size`` ``execution.status``
+        events, one per user in turn, in a closed loop for ``duration_s``: events/s and
+        the server's CPU per event (the Node load generator only sends single publishes,
+        so deliveries are not matched here)."""
+        assert self.server is not None
+        body = json.dumps({"events": [
+            {"users": [self.users[i % len(self.users)]], "event": "execution.status",
+             "data": {"execution_id": f"batch{i}", "team_id": "bench", "status": "running", "progress": i % 101}}
+            for i in range(size)]}).encode()
+        headers = {"Authorization": f"Bearer {self.api_key}", "Content-Type": "application/json"}
+        statuses: dict[str, int] = {}
+        lock = threading.Lock()
+        stop = time.monotonic() + duration_s
+
+        def publisher() -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            try:
+                while time.monotonic() < stop:
+                    conn.request("POST", "/api/v1/publish/batch", body, headers)
+                    response = conn.getresponse()
+                    response.read()
+                    with lock:
+                        statuses[str(response.status)] = statuses.get(str(response.status), 0) + 1
+            finally:
+                conn.close()
+
+        cpu0 = common.cpu_ns(self.server.pid)
+        t0 = time.monotonic_ns()
+        threads = [threading.Thread(target=publisher) for _ in range(conns)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        wall = time.monotonic_ns() - t0
+        events = statuses.get("200", 0) * size
+        cpu = common.cpu_ns(self.server.pid) - cpu0
+        return {"batch_size": size, "statuses": statuses, "events_per_s": round(events / (wall / 1e9)),
+                "server_cpu_us_per_event": round(cpu / 1000 / events, 1) if events else None}
 
     def close(self) -> None:
         if self.gen is not None:

@@ -2,6 +2,7 @@
 
     python bench/publish.py                      # bare-Tornado reference vs memory engine, 3 runs
     python bench/publish.py --redis              # tornado vs memory vs Redis (a private redis-server)
+    python bench/publish.py --redis --batch 100  # also POST /api/v1/publish/batch, 100 events per request
     RENUM_RT_REDIS_URL=redis://127.0.0.1:6379/0 python bench/publish.py   # memory vs that Redis
 
 server.py runs on core 0 (``taskset -c 0``) with a throw-away secret and API key; the
@@ -13,6 +14,10 @@ a --warmup s phase that is not measured. Reported per engine (medians of --runs
 interleaved runs): requests/s (200 answers / time from first send to last answer), HTTP
 answer latency, end-to-end latency publish send -> WebSocket receipt (p50/p99/max, same
 CLOCK_MONOTONIC), deliveries vs accepted events, server CPU per request and busy share.
+
+With ``--batch N``, each memory and Redis run then posts batches of N events
+(``POST /api/v1/publish/batch``) from --conns threads of this process for --duration s:
+events/s and server CPU per event (deliveries of batches are not matched).
 
 Bench-only settings, through the documented environment: the per-key publish rate
 limit (default 1000 requests/s, burst 2000) is raised with RENUM_RT_HTTP_RATE and
@@ -59,6 +64,8 @@ def parse_args() -> argparse.Namespace:
                    help="run python -m pytest tests/contract -q first; skip Redis if it fails")
     p.add_argument("--keep-rate-limit", action="store_true",
                    help="keep the default per-key publish rate limit (1000/s, burst 2000)")
+    p.add_argument("--batch", type=int, default=0,
+                   help="also a batch phase per memory/Redis run: N events per POST /api/v1/publish/batch")
     p.add_argument("--log-level", default="info", help="server log level (default info, as in production)")
     return p.parse_args()
 
@@ -98,6 +105,8 @@ def main() -> int:
                                 drain_s=0.5, measure=False)
                     time.sleep(0.5)
                 rep = setup.phase(tag="x", duration_s=args.duration, conns=args.conns, schedule="closed")
+                if args.batch > 0 and kind != "tornado":
+                    rep["batch"] = setup.batch_phase(duration_s=args.duration, conns=args.conns, size=args.batch)
             finally:
                 setup.close()
             rep.update(engine=engine, run=run)
@@ -126,6 +135,10 @@ def main() -> int:
             "non_200": sum(n for r in rs for s, n in r["statuses"].items() if s != "200"),
             "runs": len(rs),
         }
+        batches = [r["batch"] for r in rs if "batch" in r]
+        if batches:
+            medians[engine]["batch_events_per_s"] = median([b["events_per_s"] for b in batches])
+            medians[engine]["batch_server_cpu_us_per_event"] = median([b["server_cpu_us_per_event"] for b in batches])
     ref = "tornado" if "tornado" in medians else None
     for engine, m in medians.items():
         for base in (ref, "memory"):
@@ -136,7 +149,8 @@ def main() -> int:
         "machine": common.machine(),
         "params": {"users": args.users, "conns": args.conns, "duration_s": args.duration, "warmup_s": args.warmup,
                    "runs": args.runs, "engines": engines, "redis": redis_note, "redis_fsync": args.redis_fsync,
-                   "rate_limit_raised": not args.keep_rate_limit, "log_level": args.log_level},
+                   "rate_limit_raised": not args.keep_rate_limit, "log_level": args.log_level,
+                   "batch": args.batch},
         "medians": medians,
         "runs": runs,
         "seconds": round(time.monotonic() - started, 1),
@@ -154,7 +168,9 @@ def main() -> int:
               f"e2e p50 {m['e2e_p50_ms']} ms p99 {m['e2e_p99_ms']} ms max {m['e2e_max_ms']} ms, "
               f"HTTP p99 {m['http_p99_ms']} ms, {m['server_cpu_us_per_request']} µs server CPU/request, "
               f"{'all delivered' if m['all_delivered'] else 'DELIVERIES MISSING'}"
-              f"{', ' + str(m['non_200']) + ' non-200 answers' if m['non_200'] else ''}")
+              f"{', ' + str(m['non_200']) + ' non-200 answers' if m['non_200'] else ''}"
+              + (f"; batches of {args.batch}: {m['batch_events_per_s']} events/s, "
+                 f"{m['batch_server_cpu_us_per_event']} µs server CPU/event" if "batch_events_per_s" in m else ""))
     ok = all("error" not in m and m["all_delivered"] for m in medians.values())
     return 0 if ok else 1
 
