@@ -4,10 +4,17 @@
 
 It builds ``renum_rt.app.Node`` exactly as ``server.py`` does (settings from the default
 config file and ``RENUM_RT_*``; JSON logs on stderr) and adds ``POST /bench/burst?n=100``,
-which answers at once and then publishes ``n`` ``system.announcement`` events through the
-engine (``node.gateway.publish(["system"], ...)``), yielding to the event loop between two,
-so the real publish -> engine -> hub -> ``send_frame`` path is what is measured. Each
-event carries its send time (CLOCK_MONOTONIC, µs) in ``data.message`` = ``"bt=<µs>"``.
+which answers at once and then publishes ``n`` ``system.announcement`` events to the
+``system`` channel, yielding to the event loop between two. Each event carries its send
+time (CLOCK_MONOTONIC, µs) in ``data.message`` = ``"bt=<µs>"``.
+
+By default the burst goes through ``renum_rt.publishing.publish`` (what the HTTP publish
+route and ``Gateway.publish`` call to store and fan out: engine -> hub -> ``send_frame``,
+plus its log line), i.e. the broadcast the peers measure. ``Gateway.publish`` also makes a
+``system.announcement`` a global notification: it stores it, fans out a second event
+(``notification.created``, which carries the same ``bt=`` text) and recounts every
+connected user's unread badge; ``--with-notification`` takes that path instead (the load
+generator then counts both frames, so only its CPU figures are meaningful).
 
 Bench-only changes to the settings (through ``with_changes``, no production code
 touched): the per-address and per-user connection caps are raised so one load generator
@@ -40,6 +47,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--log-level", default=None, help="override RENUM_RT_LOG_LEVEL / the config file")
     parser.add_argument("--gc-log", action="store_true",
                         help="print every generation-2 garbage collection (duration, objects collected)")
+    parser.add_argument("--with-notification", action="store_true",
+                        help="burst through Gateway.publish: each announcement is also a global notification")
     parser.add_argument("--max-connections", type=int, default=100_000,
                         help="per-address and per-user caps for the bench (default 100000)")
     return parser.parse_args()
@@ -54,6 +63,7 @@ async def serve(args: argparse.Namespace) -> None:
     from renum_rt.config import load, with_changes
     from renum_rt.httpserver import HTTPServer, http_server_options
     from renum_rt.logs import setup
+    from renum_rt.publishing import publish
 
     settings = load(None, host="127.0.0.1", port=args.port, log_level=args.log_level)
     settings = with_changes(settings, max_connections_per_address=args.max_connections,
@@ -65,7 +75,11 @@ async def serve(args: argparse.Namespace) -> None:
     async def burst(n: int) -> None:
         for _ in range(n):
             data = {"title": "b", "message": f"bt={time.monotonic_ns() // 1000}", "level": "info"}
-            await gateway.publish([channels.SYSTEM], "system.announcement", data, None)
+            if args.with_notification:
+                await gateway.publish([channels.SYSTEM], "system.announcement", data, None)
+            else:
+                await publish(gateway.engine, [channels.SYSTEM], "system.announcement", data, None,
+                              settings.idempotency_ttl_s)
             await asyncio.sleep(0)
 
     class BurstHandler(tornado.web.RequestHandler):
