@@ -566,7 +566,7 @@ class RedisEngine(Engine):
         """Group commit: every publish and batch of this loop turn is one script call
         (``_publish_group``), so a burst of publishes costs one round trip to Redis, not
         one each, and each caller is answered once its own events are stored."""
-        return await self._publishes.submit(items)
+        return await self._publishes.submit(items) if items else []
 
     async def _publish_group(self, items: list[Publication]) -> list[dict[str, str]]:
         """One publish script call storing ``items`` in order. Retried after a lost
