@@ -245,6 +245,30 @@ async def test_a_lost_reply_never_stores_a_publish_twice(
 
 
 @pytest.mark.gen_test(timeout=10)
+async def test_a_lost_reply_to_a_group_never_stores_a_keyed_publish_twice(
+    io_loop: object, lossy_proxy: LossyProxy, open_engine: OpenEngine
+) -> None:
+    engine = await open_engine("redis", Feed(), url=lossy_proxy.url)
+    await engine.publish(["team:t1"], "n", {}, TS)  # loads the script, pools a connection
+    lossy_proxy.lose_reply_to(b"EVALSHA")
+    # every member keyed: the group is sent again, and each gets the ids of the copy Redis stored
+    keyed = await asyncio.gather(*(engine.publish(["team:t1"], "n", {"i": i}, TS, idempotency_key=f"k{i}")
+                                   for i in range(3)))
+    stored = [e.id for e in (await engine.history("team:t1", None, 10)).events]
+    assert stored[1:] == [ids["team:t1"] for ids in keyed]
+    lossy_proxy.lose_reply_to(b"EVALSHA")
+    # one member without a key: the group is not sent again, every member is unavailable
+    mixed = await asyncio.gather(engine.publish(["team:t1"], "n", {}, TS, idempotency_key="k9"),
+                                 engine.publish(["team:t1"], "n", {}, TS), return_exceptions=True)
+    assert all(isinstance(answer, EngineUnavailable) for answer in mixed)
+    assert len((await engine.history("team:t1", None, 10)).events) == len(stored) + 2  # stored once each
+    retried = await engine.publish(["team:t1"], "n", {}, TS, idempotency_key="k9")  # the keyed one, safely
+    assert len((await engine.history("team:t1", None, 10)).events) == len(stored) + 2
+    assert retried["team:t1"] == (await engine.history("team:t1", None, 10)).events[-2].id
+    assert lossy_proxy.lost == 2
+
+
+@pytest.mark.gen_test(timeout=10)
 async def test_reads_and_acks_are_tried_again_after_a_lost_connection(
     io_loop: object, lossy_proxy: LossyProxy, open_engine: OpenEngine
 ) -> None:
