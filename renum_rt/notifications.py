@@ -84,6 +84,8 @@ class Notifications:
         self.metrics = metrics
         self.registry = registry
         self._spawn = spawn
+        #: None: no recount running; False: one running; True: run again when it ends
+        self._recount_wanted: bool | None = None
         self._clock = clock
 
     def _now_ms(self) -> int:
@@ -175,17 +177,30 @@ class Notifications:
             for user, (count, version) in dict(message.get("counts", {})).items():
                 self.push(user, Counter(int(count), int(version)))
         elif message.get("op") == "unread_recount":
-            self._spawn(self.recount())
+            if self._recount_wanted is None:
+                self._recount_wanted = False
+                self._spawn(self.recount())
+            else:  # one is running: one more after it covers every announcement so far
+                self._recount_wanted = True
 
     async def recount(self) -> None:
-        users = list(self.registry.by_user)
+        """Every local user's count, after announcements. A burst of announcements costs
+        at most two recounts, not one each: the running one, then one more."""
         try:
-            counts = await self.engine.inbox.unread(users, self._now_ms())
-        except EngineUnavailable:
-            log(logging.WARNING, "unread recount failed: the store is unreachable", users=len(users))
-            return
-        for user, counter in counts.items():
-            self.push(user, counter)
+            while True:
+                users = list(self.registry.by_user)
+                try:
+                    counts = await self.engine.inbox.unread(users, self._now_ms())
+                except EngineUnavailable:
+                    log(logging.WARNING, "unread recount failed: the store is unreachable", users=len(users))
+                    return
+                for user, counter in counts.items():
+                    self.push(user, counter)
+                if not self._recount_wanted:
+                    return
+                self._recount_wanted = False
+        finally:
+            self._recount_wanted = None
 
     def push(self, user: str, counter: Counter) -> None:
         """``unread_count`` to each connection of ``user`` here that has not seen a newer one."""

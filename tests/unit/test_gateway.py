@@ -238,3 +238,27 @@ async def test_a_refresh_with_fewer_rights_ends_the_subscriptions_it_no_longer_a
     assert dropped == ["admin", "team:t1"]
     assert conn.session.channels == {"system", "user:u1"}
     assert g.hub.subscriber_count("admin") == 0 and not conn.session.identity.is_admin  # type: ignore[union-attr]
+
+
+@pytest.mark.gen_test
+async def test_a_burst_of_announcements_costs_at_most_two_recounts_and_ends_exact() -> None:
+    engine = MemoryEngine()
+    calls: list[int] = []
+    unread = engine.inbox.unread
+
+    async def counted(users: Any, now_ms: int) -> Any:
+        calls.append(len(users))
+        await asyncio.sleep(0)  # a store round trip: announcements keep arriving meanwhile
+        return await unread(users, now_ms)
+
+    engine.inbox.unread = counted  # type: ignore[method-assign]
+    g = gateway(engine)
+    conn = FakeConnection("u1")
+    await g.open(conn)
+    calls.clear()
+    for i in range(20):
+        await g.publish(["system"], "system.announcement", {"title": f"a{i}", "message": "m", "level": "info"}, None)
+    await asyncio.gather(*g._tasks)
+    assert 1 <= len(calls) <= 2
+    counts = [f["count"] for f in conn.frames if f["type"] == "unread_count"]
+    assert counts[-1] == 20
