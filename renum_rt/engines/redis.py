@@ -412,9 +412,7 @@ class RedisEngine(Engine):
         #: event id seen on it, or the Redis time of the last subscription; until the
         #: first one, the local clock with a margin
         self._mark = f"{int((time.time() - _CLOCK_MARGIN_S) * 1000)}-0"
-        #: acks waiting for the end of this loop turn, per channel: (id, its caller's future)
-        self._acks: dict[str, list[tuple[str, asyncio.Future[str]]]] = {}
-        self._ack_calls: set[asyncio.Task[None]] = set()
+        self._acks = TurnGroup(self._ack_together)
         self._publishes = TurnGroup(self._publish_group)
         self._probe: asyncio.Future[bool] | None = None
         self._probe_at = 0.0
@@ -438,7 +436,7 @@ class RedisEngine(Engine):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
             self._listener = None
-        await asyncio.gather(*self._ack_calls, *self._publishes.calls, return_exceptions=True)
+        await asyncio.gather(*self._acks.calls, *self._publishes.calls, return_exceptions=True)
         await self._redis.aclose()
 
     async def _run(self, command: str, call: Callable[[], Awaitable[T]], idempotent: bool) -> T:
@@ -616,44 +614,39 @@ class RedisEngine(Engine):
         return _event(channel, fields[b"i"], fields) if fields else None
 
     async def ack(self, channel: str, event_id: str) -> str:
-        """Joins the other acks of ``channel`` made in this loop turn: one script call
-        moves the cursor for all of them (a user acking on several connections, or many
-        events at once, costs one round trip), and each caller gets its own answer."""
-        acked = format_id(parse_id(event_id))
-        loop = asyncio.get_running_loop()
-        waiting = self._acks.get(channel)
-        if waiting is None:
-            waiting = self._acks[channel] = []
-            loop.call_soon(self._send_acks, channel)
-        future: asyncio.Future[str] = loop.create_future()
-        waiting.append((acked, future))
-        return await future
+        """Joins the other acks of this loop turn: one script call per channel moves the
+        cursor for all of that channel's acks (a user acking on several connections, or
+        many events at once, costs one round trip), and each caller gets its own answer."""
+        (answer,) = await self._acks.submit([(channel, format_id(parse_id(event_id)))])
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
 
-    def _send_acks(self, channel: str) -> None:
-        call = asyncio.ensure_future(self._ack_together(channel, self._acks.pop(channel)))
-        self._ack_calls.add(call)
-        call.add_done_callback(self._ack_calls.discard)
+    async def _ack_together(self, acks: list[tuple[str, str]]) -> list[str | Exception]:
+        """One ack script call per channel of ``acks``; per ack, the cursor after the move,
+        or why it failed (``AckRefused``, or the error of its channel's call alone)."""
+        places: dict[str, list[int]] = {}
+        for i, (channel, _) in enumerate(acks):
+            places.setdefault(channel, []).append(i)
+        answers: list[str | Exception] = [""] * len(acks)
 
-    async def _ack_together(self, channel: str, waiting: list[tuple[str, asyncio.Future[str]]]) -> None:
-        """One ack script call for ``waiting``; its answer (or error) goes to each caller."""
-        keys = [self._key("cursor", channel), self._key("s", channel)]
-        args: list[str | int] = [self._retention.max_age_s, *(acked for acked, _ in waiting)]
-        try:
-            cursor, *refused = await self._run("ack", lambda: self._ack(keys=keys, args=args), idempotent=True)
-            for (acked, future), refusal in zip(waiting, refused, strict=True):
-                if future.done():  # its caller went away
-                    continue
+        async def channel_call(channel: str, indexes: list[int]) -> None:
+            keys = [self._key("cursor", channel), self._key("s", channel)]
+            args: list[str | int] = [self._retention.max_age_s, *(acks[i][1] for i in indexes)]
+            try:
+                cursor, *refused = await self._run("ack", lambda: self._ack(keys=keys, args=args), idempotent=True)
+            except Exception as exc:
+                for i in indexes:
+                    answers[i] = exc
+                return
+            for i, refusal in zip(indexes, refused, strict=True):
                 if refusal:
-                    future.set_exception(AckRefused(f"{acked} is after the newest event of {channel}"))
+                    answers[i] = AckRefused(f"{acks[i][1]} is after the newest event of {channel}")
                 else:
-                    future.set_result(cursor.decode())
-        except Exception as exc:
-            for _, future in waiting:
-                if not future.done():
-                    future.set_exception(exc)
-        finally:
-            for _, future in waiting:  # cancelled itself (the engine closing): so are its callers
-                future.cancel()
+                    answers[i] = cursor.decode()
+
+        await asyncio.gather(*(channel_call(channel, indexes) for channel, indexes in places.items()))
+        return answers
 
     async def cursor(self, channel: str) -> str | None:
         cursor = cast(bytes | None, await self._run(

@@ -320,6 +320,13 @@ async def test_concurrent_acks_of_a_channel_are_one_script_call(
     assert answers[:-1] == [ids[-1]] * len(ids)  # the newest wins, for every caller
     assert isinstance(answers[-1], AckRefused)  # and only the ack past the newest event is refused
     assert await engine.cursor("user:u1") == ids[-1]
+    # the acks of several channels in one turn: one script call per channel, each its own answer
+    other = (await engine.publish(["user:u2"], "n", {}, TS))["user:u2"]
+    before = script_calls()
+    answers = await asyncio.gather(engine.ack("user:u1", ids[-2]), engine.ack("user:u2", other),
+                                   engine.ack("user:u2", beyond), return_exceptions=True)
+    assert script_calls() - before == 2
+    assert answers[:2] == [ids[-1], other] and isinstance(answers[2], AckRefused)
 
 
 def evalsha_calls(server: RedisServer) -> int:
