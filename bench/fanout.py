@@ -1,4 +1,4 @@
-"""Broadcast fan-out: renum-rt against a bare Tornado 6 server, in the same run, interleaved.
+"""Broadcast fan-out: renum-rt against bare Tornado 6 and the peers, in the same run, interleaved.
 
 The peers' scenario (see docs/benchmarks.md): the server pinned to core 0, one Node.js
 load generator (bench/loadgen.mjs) pinned to core 1 holding 1,000 WebSocket connections,
@@ -83,8 +83,9 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--servers", default="tornado,renum",
-                   help="comma-separated: tornado, tornado-preframed, renum, renum@PATH (default tornado,renum); "
-                        "the first is the baseline of the ratios")
+                   help="comma-separated: tornado, tornado-preframed, renum, renum@PATH, websockets, socketio-py, "
+                        "ws-node, socketio-node, or all (default tornado,renum); the first is the baseline of the "
+                        "ratios")
     p.add_argument("--runs", type=int, default=3, help="interleaved runs per server (default 3); medians reported")
     p.add_argument("--connections", type=int, default=1000, help="connections receiving the burst (default 1000)")
     p.add_argument("--broadcasts", type=int, default=100, help="events in the burst (default 100)")
