@@ -11,18 +11,13 @@
 // bench/baseline_tornado.py, with the send time (CLOCK_MONOTONIC, µs) after "bt=".
 // Listens on 127.0.0.1 only; SIGTERM/SIGINT stop it.
 
-import http from "node:http";
-import path from "node:path";
-import { createRequire } from "node:module";
+import { arg, controlServer, nowUs, peersRequire, tick } from "./peer_common.mjs";
 
-const argv = process.argv.slice(2);
-const arg = (name, dflt) => (argv.includes(name) ? argv[argv.indexOf(name) + 1] : dflt);
 const PORT = Number(arg("--port", "9006"));
-const require = createRequire(path.join(path.resolve(arg("--peers-dir", "bench/results/peers")), "package.json"));
+const require = peersRequire();
 const { Server } = require("socket.io");
 const SIO_VERSION = require("socket.io/package.json").version;
 
-const nowUs = () => Number(process.hrtime.bigint() / 1000n);
 function event(seq) {
   const ms = Date.now();
   return {
@@ -30,7 +25,6 @@ function event(seq) {
     data: { title: "b", message: `bt=${nowUs()}`, level: "info" },
   };
 }
-const tick = () => new Promise((resolve) => setImmediate(resolve));
 
 let io;
 async function burst(n) {
@@ -40,25 +34,6 @@ async function burst(n) {
   }
 }
 
-const server = http.createServer((req, res) => {
-  const url = new URL(req.url, "http://127.0.0.1");
-  if (url.pathname === "/healthz") {
-    res.writeHead(200, { "Content-Type": "application/json" }).end('{"ok":true}');
-  } else if (url.pathname === "/bench/burst" && req.method === "POST") {
-    const n = Number(url.searchParams.get("n") || "100");
-    res.writeHead(200, { "Content-Type": "application/json" }).end(`{"started":true,"n":${n}}`);
-    req.resume();
-    setImmediate(() => burst(n));
-  } else {
-    res.writeHead(404).end();
-  }
-});
+const server = controlServer(burst, () => io.close());
 io = new Server(server, { transports: ["websocket"], serveClient: false, perMessageDeflate: false });
 server.listen(PORT, "127.0.0.1", () => console.log(`node socket.io ${SIO_VERSION} on 127.0.0.1:${PORT}`));
-const stop = () => {
-  io.close();
-  server.close(() => process.exit(0));
-  setTimeout(() => process.exit(0), 2000).unref();
-};
-process.on("SIGTERM", stop);
-process.on("SIGINT", stop);
