@@ -12,6 +12,7 @@ Steps (each one calls an existing script with its flags, as a separate process):
                10,000) and renum-rt's worst event-loop lag during the burst (/metrics)
   spec         bench/spec_latency.py (memory engine)
   publish      bench/publish.py --runs 1
+  two-nodes    bench/two_nodes.py: two nodes on one private Redis, p99 on node B against node A
 The servers: bare Tornado, pre-framed Tornado, renum-rt, websockets broadcast(),
 python-socketio + aiohttp, Node ws, Node socket.io 4 (the peers run from the bench's own
 venv and npm folder, bench/results/peers/, created on first use, never in the package's
@@ -49,7 +50,7 @@ LABELS = {
     "ws-node": "Node ws",
     "socketio-node": "Node socket.io",
 }
-STEPS = ["fanout-1k", "fanout-10k", "spec", "publish"]
+STEPS = ["fanout-1k", "fanout-10k", "spec", "publish", "two-nodes"]
 
 
 def parse_args() -> argparse.Namespace:
@@ -248,6 +249,7 @@ def main() -> int:
                         "--settle", "2"], 1800),
         ("spec", [bench + "spec_latency.py"], 400),
         ("publish", [bench + "publish.py", "--runs", "1"], 400),
+        ("two-nodes", [bench + "two_nodes.py"], 400),
     ]
     steps = []
     for name, argv, timeout in plan:

@@ -20,7 +20,19 @@ Bench-only changes to the settings (through ``with_changes``, no production code
 touched): the per-address and per-user connection caps are raised so one load generator
 on 127.0.0.1 can hold thousands of connections.
 
+``POST /bench/burst`` also takes ``rate`` (events per second: an open loop whose
+``bt=`` stamp is each event's due time, so a late loop counts in the latency; default 0,
+back to back), ``bytes`` (padding appended to the message after a space) and
+``channel`` (default ``system``; ``user:<id>`` sends a user the stream alone).
+``GET /bench/pending?user=<id>`` answers, for each connection the user had when first
+asked (kept after the gateway forgets it, until its socket ends), the bytes Tornado
+holds unsent (what ``max_write_buffer_bytes`` caps) and the socket's kernel send queue
+(``SIOCOUTQ``): the slow consumer's buffers as the server sees them.
+
 ``--gc-log`` prints every full garbage collection (duration, objects freed) to stdout.
+``--lag-log-ms MS`` runs a 10 ms probe on the event loop and prints
+``loop late <ms> ms at=<monotonic s>`` each time it ran MS or more late: every stall,
+where ``/metrics``' 0.5 s probe sees only the ones that cover its due time.
 ``--root`` imports renum_rt from another source tree (for example a scratch copy with a
 candidate optimisation), so two versions can be compared in the same run.
 Listens on 127.0.0.1 only. SIGTERM/SIGINT: close every connection (1012) and exit.
@@ -30,10 +42,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import signal
 import sys
+import termios
 import time
 from pathlib import Path
+from typing import Any
 
 from gclog import log_gen2_collections
 
@@ -49,6 +64,8 @@ def parse_args() -> argparse.Namespace:
                         help="print every generation-2 garbage collection (duration, objects collected)")
     parser.add_argument("--with-notification", action="store_true",
                         help="burst through Gateway.publish: each announcement is also a global notification")
+    parser.add_argument("--lag-log-ms", type=float, default=0,
+                        help="print every event-loop stall of at least this many ms (10 ms probe; 0 = off)")
     parser.add_argument("--max-connections", type=int, default=100_000,
                         help="per-address and per-user caps for the bench (default 100000)")
     return parser.parse_args()
@@ -61,6 +78,7 @@ async def serve(args: argparse.Namespace) -> None:
     from renum_rt import channels
     from renum_rt.app import Node
     from renum_rt.config import load, with_changes
+    from renum_rt.handlers import socket_write
     from renum_rt.httpserver import HTTPServer, http_server_options
     from renum_rt.logs import setup
     from renum_rt.publishing import publish
@@ -72,24 +90,55 @@ async def serve(args: argparse.Namespace) -> None:
     node = Node(settings)
     gateway = node.gateway
 
-    async def burst(n: int) -> None:
-        for _ in range(n):
-            data = {"title": "b", "message": f"bt={time.monotonic_ns() // 1000}", "level": "info"}
-            if args.with_notification:
-                await gateway.publish([channels.SYSTEM], "system.announcement", data, None)
+    async def burst(n: int, rate: float, pad: int, channel: str) -> None:
+        start = time.monotonic()
+        filler = " " + "x" * pad if pad else ""
+        for i in range(n):
+            if rate:
+                due = start + i / rate
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                stamp = int(due * 1e6)
             else:
-                await publish(gateway.engine, [channels.SYSTEM], "system.announcement", data, None,
+                stamp = time.monotonic_ns() // 1000
+            data = {"title": "b", "message": f"bt={stamp}{filler}", "level": "info"}
+            if args.with_notification:
+                await gateway.publish([channel], "system.announcement", data, None)
+            else:
+                await publish(gateway.engine, [channel], "system.announcement", data, None,
                               settings.idempotency_ttl_s)
-            await asyncio.sleep(0)
+            if not rate:
+                await asyncio.sleep(0)
 
     class BurstHandler(tornado.web.RequestHandler):
         def post(self) -> None:
             n = int(self.get_query_argument("n", "100"))
+            rate = float(self.get_query_argument("rate", "0"))
+            pad = int(self.get_query_argument("bytes", "0"))
+            channel = self.get_query_argument("channel", channels.SYSTEM)
             self.finish({"started": True, "connections": len(gateway.registry), "n": n})
-            tornado.ioloop.IOLoop.current().spawn_callback(burst, n)
+            tornado.ioloop.IOLoop.current().spawn_callback(burst, n, rate, pad, channel)
 
-    node.app.add_handlers(r".*", [(r"/bench/burst", BurstHandler)])
+    watched: dict[str, list[Any]] = {}
+
+    class PendingHandler(tornado.web.RequestHandler):
+        def get(self) -> None:
+            user = self.get_query_argument("user")
+            conns = watched[user] = watched.get(user) or gateway.registry.of_user(user)
+            self.finish({"connections": [pending(conn) for conn in conns]})
+
+    def pending(conn: Any) -> dict[str, Any]:
+        ws = conn.ws_connection
+        stream = ws.stream if ws is not None else None
+        if stream is None or stream.closed():
+            return {"open": False, "admitted": conn in gateway.registry}
+        outq = fcntl.ioctl(stream.socket.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+        return {"open": True, "admitted": conn in gateway.registry, "closing": ws.is_closing(),
+                "tornado": socket_write.pending_bytes(stream), "kernel": int.from_bytes(outq, sys.byteorder)}
+
+    node.app.add_handlers(r".*", [(r"/bench/burst", BurstHandler), (r"/bench/pending", PendingHandler)])
     await node.start()
+    if args.lag_log_ms:
+        log_stalls(args.lag_log_ms / 1000)
     server = HTTPServer(node.app, **http_server_options(settings))  # as the renum-rt command builds it
     server.listen(settings.port, "127.0.0.1")
     import renum_rt
@@ -105,6 +154,23 @@ async def serve(args: argparse.Namespace) -> None:
     await node.stop(1012, "server restart")
     await asyncio.sleep(0.1)
     await server.close_all_connections()
+
+
+def log_stalls(threshold_s: float, every_s: float = 0.01) -> None:
+    """Every ``every_s``, note how late the loop ran the probe; print the stalls of at
+    least ``threshold_s`` (the bench reads them from the log, across restarts)."""
+    loop = asyncio.get_running_loop()
+    due = loop.time() + every_s
+
+    def tick() -> None:
+        nonlocal due
+        now = loop.time()
+        if now - due >= threshold_s:
+            print(f"loop late {(now - due) * 1000:.1f} ms at={now:.3f}", flush=True)
+        due = now + every_s
+        loop.call_at(due, tick)
+
+    loop.call_at(due, tick)
 
 
 def main() -> None:
