@@ -14,6 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import redis
@@ -33,9 +34,13 @@ def free_port() -> int:
 class RedisServer:
     """One ``redis-server`` process; ``start()`` again reuses the same port and data."""
 
-    def __init__(self) -> None:
-        self.port = free_port()
+    def __init__(self, port: int | None = None, extra: Sequence[str] = (), sentinel: Sequence[str] = ()) -> None:
+        """``extra``: more ``redis-server`` options; ``sentinel``: configuration lines of a
+        Sentinel (the process then runs as one, from a configuration file it may rewrite)."""
+        self.port = port or free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="renum-rt-redis-"))
+        self._extra = list(extra)
+        self._sentinel = list(sentinel)
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -45,9 +50,16 @@ class RedisServer:
     def start(self, timeout: float = 10.0) -> None:
         """Start the server and return once it answers ``PING``."""
         assert self._process is None, "already running"
+        config: list[str] = []
+        if self._sentinel:
+            conf = self.dir / "sentinel.conf"
+            if not conf.exists():  # a restarted Sentinel keeps what it rewrote
+                conf.write_text("\n".join(self._sentinel) + "\n")
+            config = [str(conf), "--sentinel"]
         self._process = subprocess.Popen(
             [
                 REDIS_SERVER,
+                *config,
                 "--port", str(self.port),
                 "--bind", "127.0.0.1",
                 "--dir", str(self.dir),
@@ -56,7 +68,8 @@ class RedisServer:
                 "--save", "",
                 "--daemonize", "no",
                 "--logfile", str(self.dir / "redis.log"),
-                "--enable-debug-command", "local",  # DEBUG SLEEP: a stalled Redis, on purpose
+                *([] if self._sentinel else ["--enable-debug-command", "local"]),  # DEBUG SLEEP: a stall
+                *self._extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
