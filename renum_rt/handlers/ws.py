@@ -216,7 +216,9 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
             log(logging.WARNING, "slow consumer", conn=self.session.id, user=self.session.user_id)
             reason = "slow consumer: too many unsent bytes"
             self.close(CLOSE_POLICY, reason)
-            self.gateway.closed(self, CLOSE_POLICY, reason)  # gone for the gateway now, not when the socket ends
+            # gone for the gateway now, not when the socket ends; on the next loop turn, because this
+            # runs inside a fan-out that is walking the very set of subscribers it would change
+            tornado.ioloop.IOLoop.current().add_callback(self.gateway.closed, self, CLOSE_POLICY, reason)
             return
         if self._traced != TRACING.version:
             self._retrace()
