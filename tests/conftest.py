@@ -20,6 +20,7 @@ from renum_rt.auth import issue_token
 from renum_rt.config import Settings
 from renum_rt.httpserver import HTTPServer, http_server_options
 from tests.support.redis_server import RedisServer
+from tests.support.redis_topologies import RedisClusterServers, RedisSentinelServers
 
 SECRET = "test-secret-" + "x" * 32
 API_KEY = "test-api-key"
@@ -35,6 +36,25 @@ def redis_server() -> Iterator[RedisServer]:
     server.start()
     yield server
     server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    """A 3-primary Redis Cluster for the session (``.url`` is ``redis+cluster://...``)."""
+    cluster = RedisClusterServers()
+    cluster.start()
+    yield cluster
+    cluster.cleanup()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel() -> Iterator[RedisSentinelServers]:
+    """A primary, a replica and three Sentinels for the session (``.url`` is
+    ``redis+sentinel://.../renum``). Tests that fail it over use their own."""
+    servers = RedisSentinelServers()
+    servers.start()
+    yield servers
+    servers.cleanup()
 
 
 @pytest.fixture
