@@ -201,10 +201,11 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         self.send_frame(text_frame(encode(frame).encode()))
 
     def send_frame(self, frame: bytes) -> None:
-        """Queue a pre-built frame. A connection whose unsent bytes pass the limit is a
-        slow consumer: it gets no more events, only a close frame (1008) queued behind
-        what it already has, so a client that reads again reads whole frames and then
-        the reason; Tornado drops the socket if the close is not answered within 5 s.
+        """Queue a pre-built frame. A connection whose unsent bytes would pass the limit
+        with this frame is a slow consumer: it gets no more events, only a close frame
+        (1008) queued behind what it already has, so its buffer never holds more than the
+        limit (plus that close frame) and a client that reads again reads whole frames and
+        then the reason; Tornado drops the socket if the close is not answered within 5 s.
         Never raises."""
         conn = self.ws_connection
         if conn is None or conn.is_closing():
@@ -212,7 +213,8 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         stream = conn.stream
         if stream is None or stream.closed():
             return
-        if socket_write.pending_bytes(stream) > self.gateway.settings.max_write_buffer_bytes:
+        pending = socket_write.pending_bytes(stream)
+        if pending and pending + len(frame) > self.gateway.settings.max_write_buffer_bytes:
             log(logging.WARNING, "slow consumer", conn=self.session.id, user=self.session.user_id)
             reason = "slow consumer: too many unsent bytes"
             self.close(CLOSE_POLICY, reason)
