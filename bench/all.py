@@ -12,6 +12,7 @@ Steps (each one calls an existing script with its flags, as a separate process):
                10,000) and renum-rt's worst event-loop lag during the burst (/metrics)
   spec         bench/spec_latency.py (memory engine)
   publish      bench/publish.py --runs 1
+  slow-consumer  bench/slow_consumer.py: one client stops reading during a broadcast to 500 others
   two-nodes    bench/two_nodes.py: two nodes on one private Redis, p99 on node B against node A
 The servers: bare Tornado, pre-framed Tornado, renum-rt, websockets broadcast(),
 python-socketio + aiohttp, Node ws, Node socket.io 4 (the peers run from the bench's own
@@ -50,7 +51,7 @@ LABELS = {
     "ws-node": "Node ws",
     "socketio-node": "Node socket.io",
 }
-STEPS = ["fanout-1k", "fanout-10k", "spec", "publish", "two-nodes"]
+STEPS = ["fanout-1k", "fanout-10k", "spec", "publish", "slow-consumer", "two-nodes"]
 
 
 def parse_args() -> argparse.Namespace:
@@ -249,6 +250,7 @@ def main() -> int:
                         "--settle", "2"], 1800),
         ("spec", [bench + "spec_latency.py"], 400),
         ("publish", [bench + "publish.py", "--runs", "1"], 400),
+        ("slow-consumer", [bench + "slow_consumer.py"], 400),
         ("two-nodes", [bench + "two_nodes.py"], 400),
     ]
     steps = []

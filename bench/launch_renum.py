@@ -118,21 +118,21 @@ async def serve(args: argparse.Namespace) -> None:
             self.finish({"started": True, "connections": len(gateway.registry), "n": n})
             tornado.ioloop.IOLoop.current().spawn_callback(burst, n, rate, pad, channel)
 
-    watched: dict[str, list[Any]] = {}
+    #: user -> its connections and their streams (Tornado drops ws_connection at close())
+    watched: dict[str, list[tuple[Any, Any]]] = {}
 
     class PendingHandler(tornado.web.RequestHandler):
         def get(self) -> None:
             user = self.get_query_argument("user")
-            conns = watched[user] = watched.get(user) or gateway.registry.of_user(user)
-            self.finish({"connections": [pending(conn) for conn in conns]})
+            if not watched.get(user):
+                watched[user] = [(c, c.ws_connection.stream) for c in gateway.registry.of_user(user)]
+            self.finish({"connections": [pending(conn, stream) for conn, stream in watched[user]]})
 
-    def pending(conn: Any) -> dict[str, Any]:
-        ws = conn.ws_connection
-        stream = ws.stream if ws is not None else None
-        if stream is None or stream.closed():
+    def pending(conn: Any, stream: Any) -> dict[str, Any]:
+        if stream.closed():
             return {"open": False, "admitted": conn in gateway.registry}
         outq = fcntl.ioctl(stream.socket.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
-        return {"open": True, "admitted": conn in gateway.registry, "closing": ws.is_closing(),
+        return {"open": True, "admitted": conn in gateway.registry, "closing": conn.is_closed(),
                 "tornado": socket_write.pending_bytes(stream), "kernel": int.from_bytes(outq, sys.byteorder)}
 
     node.app.add_handlers(r".*", [(r"/bench/burst", BurstHandler), (r"/bench/pending", PendingHandler)])
