@@ -58,7 +58,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
-from common import LOAD_CORE, SERVER_CORE, LoadGen, Proc, free_port, median, rnd  # noqa: E402
+from common import LOAD_CORE, SERVER_CORE, LagScraper, LoadGen, Proc, free_port, median, rnd  # noqa: E402
 
 ALL = ["tornado", "tornado-preframed", "renum", "websockets", "socketio-py", "ws-node", "socketio-node"]
 #: how each server is reached: WebSocket path, load generator's Socket.IO mode, burst trigger method
@@ -150,40 +150,6 @@ def ws_paths(kind: str, n: int, secret: str, prefix: str, out: Path) -> Path | N
     paths = [f"/ws?token={issue_token(secret, f'{prefix}-{i}', ttl_s=3600)}" for i in range(n)]
     out.write_text(json.dumps(paths))
     return out
-
-
-class LagScraper:
-    """Scrapes renum-rt's /metrics every ``every`` s in a thread; keeps the largest event-loop lag."""
-
-    def __init__(self, port: int, api_key: str, every: float = 0.25, limit_s: float = 300.0) -> None:
-        import threading
-
-        self.url = f"http://127.0.0.1:{port}/metrics"
-        self.headers = {"Authorization": f"Bearer {api_key}"}
-        self.every, self.limit_s = every, limit_s
-        self.samples: list[float] = []
-        self.errors = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        deadline = time.monotonic() + self.limit_s  # bounded in time whatever happens
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            try:
-                # a long timeout: while the loop is stalled by a broadcast, the answer waits for it
-                for line in common.get_text(self.url, self.headers, timeout=30).splitlines():
-                    if line.startswith("renum_rt_event_loop_lag_seconds "):
-                        self.samples.append(float(line.split()[1]))
-            except OSError:
-                self.errors += 1
-            self._stop.wait(self.every)
-
-    def stop(self) -> dict[str, Any]:
-        self._stop.set()
-        self._thread.join(5)
-        return {"loop_lag_max_ms": rnd(max(self.samples) * 1000, 1) if self.samples else None,
-                "loop_lag_samples": len(self.samples), "loop_lag_scrape_errors": self.errors}
 
 
 def one_run(kind: str, args: argparse.Namespace, outdir: Path, run: int) -> dict[str, Any]:
