@@ -153,10 +153,11 @@ class Frames:
         off, buf = 0, self.buf
         while len(buf) - off >= 2:
             n, hdr = buf[off + 1] & 0x7F, 2
-            if n == 126:
-                n, hdr = struct.unpack_from("!H", buf, off + 2)[0], 4
-            elif n == 127:
-                n, hdr = struct.unpack_from("!Q", buf, off + 2)[0], 10
+            if n >= 126:
+                hdr = 4 if n == 126 else 10
+                if len(buf) - off < hdr:
+                    break
+                n = struct.unpack_from("!H" if hdr == 4 else "!Q", buf, off + 2)[0]
             if len(buf) - off < hdr + n:
                 break
             opcode = buf[off] & 0x0F
