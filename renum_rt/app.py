@@ -104,7 +104,9 @@ class Node:
                             settings.inbox_global_max_age_s)
         engine = make_engine(settings.redis_url or None,
                              Retention(settings.history_max_len, settings.history_max_age_s),
-                             prefix=settings.redis_prefix, pool_size=settings.redis_pool_size, inbox_limits=inbox)
+                             prefix=settings.redis_prefix, pool_size=settings.redis_pool_size, inbox_limits=inbox,
+                             wait_replicas=settings.redis_wait_replicas,
+                             wait_timeout_ms=settings.redis_wait_timeout_ms)
         self.gateway = Gateway(settings, engine, Authenticator(verifier, fetch, settings.jwks_cache_s))
         self.app = make_app(self.gateway)
         self._callbacks: list[tornado.ioloop.PeriodicCallback] = []

@@ -90,6 +90,10 @@ class Settings:
     redis_prefix: str = "renum-rt:"
     #: Redis connections per process; commands beyond it wait for a free one (no connect storms)
     redis_pool_size: int = 32
+    #: replicas that must have a publish before it is answered (Redis ``WAIT``; 0: none)
+    redis_wait_replicas: int = 0
+    #: how long a publish waits for those replicas before it is answered 503
+    redis_wait_timeout_ms: int = 1000
     history_max_len: int = 1000
     history_max_age_s: int = 7 * 24 * 3600
     node_heartbeat_s: float = 2.0
@@ -232,9 +236,20 @@ def _validate(s: Settings) -> None:
     for name in positive:
         if getattr(s, name) <= 0:
             raise ConfigError(f"setting {name!r} must be greater than 0")
-    for name in ("jwt_leeway_s", "history_max_age_s", "jwks_cache_s"):
+    for name in ("jwt_leeway_s", "history_max_age_s", "jwks_cache_s", "redis_wait_replicas"):
         if getattr(s, name) < 0:
             raise ConfigError(f"setting {name!r} must not be negative")
+    if s.redis_url:
+        from .engines.redis_connect import BadRedisURL, parse
+
+        try:
+            kind = parse(s.redis_url).kind
+        except BadRedisURL as exc:
+            raise ConfigError(f"setting 'redis_url': {exc}") from None
+        if kind == "cluster" and s.redis_wait_replicas:
+            raise ConfigError("setting 'redis_wait_replicas' needs a redis:// or redis+sentinel:// URL, not a cluster")
+    if s.redis_wait_timeout_ms <= 0:
+        raise ConfigError("setting 'redis_wait_timeout_ms' must be greater than 0")
     if s.node_heartbeat_s <= 0:
         raise ConfigError("setting 'node_heartbeat_s' must be greater than 0")
     if s.hard_frame_bytes < s.max_frame_bytes:

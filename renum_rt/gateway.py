@@ -55,7 +55,7 @@ class Gateway:
         self.settings = settings
         self.engine = engine
         self.metrics = Metrics()
-        self.hub = Hub(self.metrics)
+        self.hub = Hub(self.metrics, on_empty=engine.unlisten)
         self.registry = Registry()
         self.access = Access(auth, self.metrics, settings.jwt_leeway_s)
         self.cluster = Cluster(settings, engine, self.registry, self.hub, self.metrics)
@@ -146,6 +146,7 @@ class Gateway:
         hub.warm(conn, channels.SYSTEM)  # system events wait until welcome and the backlog are out
         own = channels.user_channel(identity.user_id)
         try:
+            await self.engine.listen(channels.SYSTEM)
             cursor = await self.engine.cursor(own)
             if cursor is not None and not is_valid_id(cursor):  # never lock a user out over a bad cursor
                 log(logging.WARNING, "bad ack cursor ignored", conn=session.id, user=identity.user_id)

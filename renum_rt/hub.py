@@ -23,7 +23,7 @@ during an outage (``pause`` / ``resume``), so missed and new events go out in or
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from .ids import IdKey, parse_id
@@ -77,9 +77,12 @@ class _Channel:
 
 
 class Hub:
-    def __init__(self, metrics: Metrics | None = None) -> None:
+    def __init__(self, metrics: Metrics | None = None, on_empty: Callable[[str], None] = lambda channel: None) -> None:
+        """``on_empty(channel)``: the last subscriber of ``channel`` on this node left (the
+        engine may stop sending it here)."""
         self._channels: dict[str, _Channel] = {}
         self.metrics = metrics or Metrics()
+        self._on_empty = on_empty
 
     def channels(self) -> list[str]:
         """Channels with at least one subscriber on this node."""
@@ -165,6 +168,7 @@ class Hub:
         ch.joining.pop(sub, None)
         if not len(ch):
             del self._channels[channel]
+            self._on_empty(channel)
 
     def pause(self, channel: str) -> None:
         """Hold live events of ``channel`` until ``resume`` (during a resync)."""

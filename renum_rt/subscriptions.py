@@ -72,6 +72,7 @@ class Subscriptions:
         recovered = True
         events: list[Event] = []
         try:
+            await self.engine.listen(channel)
             if history:
                 replay = await self.engine.history(channel, since, self.settings.replay_limit)
                 events, recovered = replay.events, replay.complete
@@ -110,10 +111,12 @@ class Subscriptions:
         conn.session.granted.discard(channel)
         self.hub.remove(conn, channel)
 
-    def on_resync(self, since: str) -> None:
-        """The engine's live feed was interrupted and is back: hold every channel this
-        node serves *now* (before the feed delivers anything newer), then re-read."""
-        held = self.hub.channels()
+    def on_resync(self, since: str, lost: frozenset[str] | None) -> None:
+        """The engine's live feed of ``lost`` channels (None: of all) was interrupted:
+        hold each such channel this node serves *now* (before the feed delivers anything
+        newer), then re-read."""
+        served = self.hub.channels()
+        held = served if lost is None else [channel for channel in served if channel in lost]
         for channel in held:
             self.hub.pause(channel)
         self.metrics.resyncs += 1
@@ -121,21 +124,34 @@ class Subscriptions:
 
     async def resync(self, held: list[str], since: str) -> None:
         """Deliver, in order and once, what this node's subscribers missed while the
-        live feed was down: each channel's history after the last id this node fanned
-        out on it (``since``, a mark from the engine, when it fanned out none), followed
-        by what arrived live meanwhile."""
+        live feed was down: once the engine feeds a channel again (``listen``), its
+        history after the last id this node fanned out on it (``since``, a mark from the
+        engine, when it fanned out none), followed by what arrived live meanwhile. A
+        channel whose feed or history stays unavailable is released as it is: the
+        engine calls for another resync when its feed breaks again."""
         missed = 0
         for channel in held:
             events: list[Event] = []
-            if channels.is_stored(channel):
-                try:
+            try:
+                await self._listen(channel)
+                if channels.is_stored(channel):
                     replay = await self.engine.history(channel, self.hub.last_id(channel) or since,
                                                        self.settings.replay_limit)
                     events = replay.events
-                except EngineUnavailable:
-                    pass  # the feed broke again: the engine will call for another resync
-                except Exception:  # never leave a channel paused for good
-                    log(logging.ERROR, "resync read failed", channel=channel, exc_info=True)
+            except EngineUnavailable:
+                pass
+            except Exception:  # never leave a channel paused for good
+                log(logging.ERROR, "resync read failed", channel=channel, exc_info=True)
             self.hub.resume(channel, [(e.id, event_frame(channel, e.id, e.ts, e.name, e.data)) for e in events])
             missed += len(events)
         log(logging.INFO, "resync", channels=len(held), events=missed)
+
+    async def _listen(self, channel: str) -> None:
+        """``engine.listen``, waited for as long as the channel has subscribers here: its
+        shard may take a failover to come back, and nothing is published to it meanwhile."""
+        while True:
+            try:
+                return await self.engine.listen(channel)
+            except EngineUnavailable:
+                if not self.hub.subscriber_count(channel):
+                    raise

@@ -26,11 +26,12 @@ from .inbox import Inbox
 EventListener = Callable[[str, str, bytes], None]
 #: ``on_control(message)``: a cluster-wide command such as an admin disconnect.
 ControlListener = Callable[[dict[str, Any]], None]
-#: ``on_resync(since)``: the live feed was interrupted (a lost Redis connection, now
-#: back); events published meanwhile are in history but were not fanned out to this
-#: node. ``since`` is an event id (on the store's clock) before which nothing was
-#: missed, for channels on which this node has not seen an event yet.
-ResyncListener = Callable[[str], None]
+#: ``on_resync(since, channels)``: the live feed of ``channels`` (None: of every channel)
+#: was interrupted (a lost Redis connection); events published meanwhile are in history
+#: but were not fanned out to this node. ``since`` is an event id (on the store's clock)
+#: before which nothing was missed, for channels on which this node has not seen an
+#: event yet. The feed is back once ``listen`` returns for the channel.
+ResyncListener = Callable[[str, "frozenset[str] | None"], None]
 
 
 #: how long an Idempotency-Key's ids are kept when the caller does not say
@@ -107,7 +108,7 @@ class Engine(abc.ABC):
     def __init__(self) -> None:
         self._on_event: EventListener = lambda channel, event_id, frame: None
         self._on_control: ControlListener = lambda message: None
-        self._on_resync: ResyncListener = lambda since: None
+        self._on_resync: ResyncListener = lambda since, channels: None
 
     def set_listeners(self, on_event: EventListener, on_control: ControlListener, on_resync: ResyncListener) -> None:
         """Where this node receives every published event, every control message, and
@@ -121,6 +122,16 @@ class Engine(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional, like start
         """Stop receiving and release connections."""
+
+    async def listen(self, channel: str) -> None:  # noqa: B027 - optional, like start
+        """Return once this node receives ``channel``'s events: an event published after
+        this returns reaches the event listener, so a history read made then misses
+        nothing. Called while the node has subscribers of ``channel``, before reading its
+        history; may raise ``EngineUnavailable``. Engines whose nodes receive every
+        channel (memory, one Redis primary) return at once."""
+
+    def unlisten(self, channel: str) -> None:  # noqa: B027 - optional, like start
+        """This node no longer has subscribers of ``channel``."""
 
     @abc.abstractmethod
     async def ping(self) -> bool:

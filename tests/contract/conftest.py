@@ -24,7 +24,9 @@ from renum_rt.engines.memory import MemoryEngine
 from renum_rt.engines.redis import RedisEngine
 from renum_rt.logs import logger
 
-ENGINES = ["memory", "redis"]
+ENGINES = ["memory", "redis", "sentinel", "cluster"]
+#: the session fixture that serves each Redis topology
+SERVERS = {"redis": "redis_server", "sentinel": "redis_sentinel", "cluster": "redis_cluster"}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -39,6 +41,7 @@ class Feed:
         self.controls: list[dict[str, Any]] = []
         self.resyncs = 0
         self.resync_marks: list[str] = []
+        self.resync_channels: list[frozenset[str] | None] = []
         self._changed = asyncio.Event()
 
     def on_event(self, channel: str, event_id: str, frame: bytes) -> None:
@@ -49,9 +52,10 @@ class Feed:
         self.controls.append(message)
         self._changed.set()
 
-    def on_resync(self, since: str) -> None:
+    def on_resync(self, since: str, channels: frozenset[str] | None) -> None:
         self.resyncs += 1
         self.resync_marks.append(since)
+        self.resync_channels.append(channels)
         self._changed.set()
 
     async def wait_for(self, condition: Callable[[], bool], timeout: float = 3.0) -> None:
@@ -116,7 +120,7 @@ def engine(
     """A started engine of each kind, listening into ``feed``."""
     marker = request.node.get_closest_marker("retention")
     retention = Retention(**marker.kwargs) if marker else Retention()
-    url = request.getfixturevalue("redis_server").url if request.param == "redis" else None
+    url = request.getfixturevalue(SERVERS[request.param]).url if request.param in SERVERS else None
     started: Engine = io_loop.run_sync(lambda: open_engine(request.param, feed, retention, url))
     return started
 

@@ -104,10 +104,10 @@ async def test_resync_delivers_what_the_live_feed_missed() -> None:
     await g.open(conn)
     await g.handle(conn, subscribe("team:t1"))
     first = (await engine.publish(["team:t1"], "team.updated", {}, 0))["team:t1"]
-    engine.set_listeners(lambda *a: None, lambda m: None, lambda since: None)  # the feed goes deaf
+    engine.set_listeners(lambda *a: None, lambda m: None, lambda since, lost: None)  # the feed goes deaf
     missed = [(await engine.publish(["team:t1"], "team.updated", {}, 0))["team:t1"] for _ in range(2)]
     engine.set_listeners(g.hub.deliver, lambda m: None, g.subscriptions.on_resync)
-    g.subscriptions.on_resync("0-0")
+    g.subscriptions.on_resync("0-0", None)
     again = (await engine.publish(["team:t1"], "team.updated", {}, 0))["team:t1"]  # live, during the re-read
     await asyncio.gather(*g._tasks)
     assert conn.events()[-4:] == [first, *missed, again]
