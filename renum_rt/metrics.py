@@ -5,19 +5,21 @@ else: the WebSocket adapter counts frames in and out (by type) and close codes, 
 counts fan-out deliveries, the gateway counts publishes, refusals and errors. Counters
 are plain integers (or dicts of them, keyed by a frame type or a close code) so that
 counting costs an attribute increment on the hot path; ``handlers/metrics.py`` reads
-them when Prometheus scrapes. The two latencies are prometheus_client histograms,
-observed once per publish request and once per event fanned out, never once per
-connection.
+them when Prometheus scrapes. The two latencies are ``Latencies`` histograms, observed
+once per publish request and once per event fanned out, never once per connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
+from itertools import accumulate
 from typing import Any
 
-from prometheus_client import Histogram
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 #: seconds; from sub-millisecond (memory engine) to a Redis in trouble
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -27,6 +29,51 @@ PUBLISH_ROUTES = frozenset({"/api/v1/publish", "/api/v1/publish/batch", "/api/v1
 
 #: ``deliver(channel, event_id, payload)``, the engine's event listener
 Deliver = Callable[[str, str, bytes], None]
+
+
+class Latencies:
+    """A latency histogram whose ``observe`` is a bisect and two additions.
+
+    Why not prometheus_client's ``Histogram``: it takes a lock for its sum and one for its
+    bucket on every observation, which made 12% of the server's CPU on the batch publish
+    route (the fan-out observes once per event; docs/benchmarks.md, section 2). Only the
+    event loop observes, so plain numbers are enough; ``collect`` hands Prometheus the
+    same family (buckets, count, sum and ``_created``) at scrape time.
+    With ``label``, each value of that label is its own series (``observe(s, value)``).
+    """
+
+    __slots__ = ("name", "documentation", "label", "bounds", "_series")
+
+    def __init__(self, name: str, documentation: str, label: str | None = None,
+                 bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.label = label
+        self.bounds = bounds
+        #: label value -> (count per bucket, the last one past every bound; [sum, created]);
+        #: without a label, its one series is there from the start, as in prometheus_client
+        self._series: dict[str, tuple[list[int], list[float]]] = {} if label else {"": self._new()}
+
+    def _new(self) -> tuple[list[int], list[float]]:
+        return [0] * (len(self.bounds) + 1), [0.0, time.time()]
+
+    def observe(self, seconds: float, label_value: str = "") -> None:
+        series = self._series.get(label_value)
+        if series is None:
+            series = self._series[label_value] = self._new()
+        series[0][bisect_left(self.bounds, seconds)] += 1
+        series[1][0] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        """One histogram family, with a series per label value observed so far."""
+        family = HistogramMetricFamily(self.name, self.documentation, labels=[self.label] if self.label else None)
+        upper = [*map(floatToGoString, self.bounds), "+Inf"]
+        for value, (counts, (total, created)) in self._series.items():
+            labels = {self.label: value} if self.label else {}
+            buckets = list(zip(upper, map(float, accumulate(counts)), strict=True))
+            family.add_metric(list(labels.values()), buckets, total)
+            family.add_sample(self.name + "_created", labels, created)
+        yield family
 
 
 class Metrics:
@@ -60,12 +107,12 @@ class Metrics:
         self.notifications_read = 0
         #: how late the event loop ran the last ``LoopLag`` tick, in seconds
         self.loop_lag_s = 0.0
-        # unregistered: each node's /metrics registry collects them (tests run several nodes)
-        self.publish_seconds = Histogram("renum_rt_publish_seconds", "Time to store and answer a publish request",
-                                         ["route"], buckets=LATENCY_BUCKETS, registry=None)
-        self.fanout_seconds = Histogram("renum_rt_fanout_seconds",
+        # each node's /metrics registry collects them (tests run several nodes)
+        self.publish_seconds = Latencies("renum_rt_publish_seconds", "Time to store and answer a publish request",
+                                         "route")
+        self.fanout_seconds = Latencies("renum_rt_fanout_seconds",
                                         "Age of an event (from its id) when this node has handed it to its "
-                                        "subscribers", buckets=LATENCY_BUCKETS, registry=None)
+                                        "subscribers")
 
     @property
     def messages_out(self) -> int:
@@ -102,7 +149,7 @@ class Metrics:
     def observe_request(self, path: str, status: int, seconds: float) -> None:
         """A finished HTTP request: the publish routes' successes are publish latencies."""
         if status == 200 and path in PUBLISH_ROUTES:
-            self.publish_seconds.labels(path).observe(seconds)
+            self.publish_seconds.observe(seconds, path)
 
 
 class LoopLag:
