@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .. import channels
-from .frames import _encodable
+from .frames import _encodable, encode
 
 EVENT_NAME_MAX = 64
 #: Most user ids one publish request may name (``validate_publish(max_users=...)``).
@@ -206,16 +206,42 @@ _NOT_TEXT = "must be valid Unicode text: it holds a lone surrogate such as \\ud8
 _NOT_FINITE = "must be a finite number: NaN and Infinity are not JSON"
 
 
+def _surely_clean(value: object) -> bool:
+    """True when ``check_json`` would find nothing in ``value``: it is written as JSON
+    text (``encode``) that is valid Unicode (ujson copies a lone surrogate through),
+    holds no ``NaN`` and no ``Infinity`` (how ujson writes those numbers) and at most
+    ``MAX_DEPTH`` brackets (so nothing nests deeper).
+
+    Why: these are a few C calls, where the walk costs a few Python operations per
+    value (a third of the validation of a publish, docs/benchmarks.md section 2). False
+    proves nothing (text that holds "NaN" or a bracket, an object ujson cannot write):
+    the walk then decides, and names the field.
+    """
+    try:
+        text = encode(value)
+    except (ValueError, OverflowError, TypeError, RecursionError):
+        return False
+    return ((text.isascii() or _encodable(text)) and "NaN" not in text and "Infinity" not in text
+            and text.count("{") + text.count("[") <= MAX_DEPTH)
+
+
 def check_json(value: object, path: str) -> None:
     """Raise ``FieldError`` at the first string (object keys included) with a lone
     surrogate, number that is NaN or infinite, or container nested deeper than
     ``MAX_DEPTH`` in ``value``, found at ``path`` (``""`` for a whole body).
 
-    One iterative walk does all three checks, so a body is visited once and deep
-    input cannot exhaust the Python stack; leaves are checked in place and a path is
-    built only for a container or an error. A bad key is named with backslash escapes,
-    so that the 400 answer naming it can itself be encoded.
+    Most values are clean, which ``_surely_clean`` tells at C speed; the others are
+    walked (``_walk``), which names the field.
     """
+    if not _surely_clean(value):
+        _walk(value, path)
+
+
+def _walk(value: object, path: str) -> None:
+    """``check_json`` in Python: one iterative walk does all three checks, so a body is
+    visited once and deep input cannot exhaust the Python stack; leaves are checked in
+    place and a path is built only for a container or an error. A bad key is named with
+    backslash escapes, so that the 400 answer naming it can itself be encoded."""
     # each entry: the path of a container, its (key, value) pairs, its depth; the first
     # one holds ``value`` itself, under no key
     stack: list[tuple[str, Iterable[tuple[str | int | None, Any]], int]] = [(path, ((None, value),), 0)]

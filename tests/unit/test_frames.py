@@ -7,6 +7,7 @@ import struct
 from typing import Any
 
 import pytest
+import ujson
 
 from renum_rt.protocol import (
     CODES,
@@ -155,10 +156,14 @@ def test_error_frame_shape() -> None:
 # ---------------------------------------------------------------- server frames
 
 
-def test_encode_keeps_non_ascii_and_slashes() -> None:
-    text = encode({"url": "https://x.example/a/b", "name": "Relatório ✓ 日本", "q": 'say "hi"\n'})
-    assert text == '{"url":"https://x.example/a/b","name":"Relatório ✓ 日本","q":"say \\"hi\\"\\n"}'
+def test_encode_keeps_non_ascii_slashes_and_html_characters() -> None:
+    value = {"url": "https://x.example/a/b", "name": "Relatório ✓ 日本", "q": 'say "hi"\n', "h": "<b>&</b>"}
+    text = encode(value)
+    assert text == ('{"url":"https://x.example/a/b","name":"Relatório ✓ 日本","q":"say \\"hi\\"\\n",'
+                    '"h":"<b>&</b>"}')
     assert json.loads(text)["name"] == "Relatório ✓ 日本"
+    # the positional options mean what their names say
+    assert text == ujson.dumps(value, ensure_ascii=False, encode_html_chars=False, escape_forward_slashes=False)
 
 
 def test_event_frame_is_head_id_tail() -> None:

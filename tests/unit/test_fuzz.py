@@ -17,7 +17,16 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from renum_rt.protocol import CODES, ClientFrame, ProtocolError, event_frame, parse_client_frame
-from renum_rt.protocol.events import KNOWN_EVENTS, FieldError, validate_broadcast, validate_publish
+from renum_rt.protocol.events import (
+    KNOWN_EVENTS,
+    MAX_DEPTH,
+    FieldError,
+    _surely_clean,
+    _walk,
+    check_json,
+    validate_broadcast,
+    validate_publish,
+)
 
 #: Each property runs well under ten seconds on a loaded machine.
 FAST = settings(max_examples=300, deadline=None)
@@ -170,3 +179,32 @@ def test_publish_bodies_validate_or_name_a_field_and_what_validates_is_strict_js
 @example({"event": "custom", "data": {"t": "\ud83d", "n": float("-inf")}})
 def test_broadcast_bodies_validate_or_name_a_field_and_what_validates_is_strict_json(body: Any) -> None:
     check_body(body, validate_broadcast)
+
+
+def _nested(depth: int, leaf: Any) -> Any:
+    """``leaf`` inside ``depth`` alternating objects and arrays."""
+    for level in range(depth):
+        leaf = {"k": leaf} if level % 2 else [leaf]
+    return leaf
+
+
+@FAST
+@given(JSON_VALUES | st.builds(_nested, st.integers(MAX_DEPTH - 2, MAX_DEPTH + 2), JSON_VALUES))
+@example(_nested(MAX_DEPTH, 1))
+@example(_nested(MAX_DEPTH + 1, 1))
+@example(["[{" * 40, "NaN", "Infinity"])  # in strings: not surely clean, yet clean
+@example({"n": 10**30, "b": b"bytes", "t": (float("nan"),)})  # what ujson refuses or the walk does not enter
+def test_the_fast_check_never_accepts_what_the_walk_refuses(value: Any) -> None:
+    """``check_json`` skips its walk when ``_surely_clean`` says so: it must then refuse
+    exactly what the walk alone refuses, naming the same field."""
+    def outcome(check: Any) -> str | None:
+        try:
+            check(value, "data")
+        except FieldError as error:
+            return error.field
+        return None
+
+    walked = outcome(_walk)
+    if _surely_clean(value):
+        assert walked is None
+    assert outcome(check_json) == walked
