@@ -235,6 +235,21 @@ class LagScraper:
                 "loop_lag_samples": len(self.samples), "loop_lag_scrape_errors": self.errors}
 
 
+def loop_stalls(log: Path, t0: float, t1: float) -> dict[str, Any]:
+    """The stalls bench/launch_renum.py --lag-log-ms logged between t0 and t1 (monotonic s):
+    how many, the longest, and the CPU the server used during it (near 0: the server was
+    not running, e.g. another process had its core; near the stall: its own work)."""
+    found = []
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("loop late "):  # loop late <ms> ms cpu=<ms> at=<s>
+            parts = line.split()
+            if t0 <= float(parts[-1].split("=")[1]) <= t1:
+                found.append((float(parts[2]), float(parts[4].split("=")[1])))
+    worst = max(found, default=(0.0, 0.0))
+    return {"loop_stalls": len(found), "loop_stall_max_ms": worst[0], "loop_stall_max_cpu_ms": worst[1],
+            "loop_stalls_over_100ms": [s for s in found if s[0] > 100]}
+
+
 # ---------------------------------------------------------------------- peers' environment
 
 #: the peers' own environment (git-ignored): a venv and an npm folder, never the package's dependencies

@@ -31,8 +31,9 @@ holds unsent (what ``max_write_buffer_bytes`` caps) and the socket's kernel send
 
 ``--gc-log`` prints every full garbage collection (duration, objects freed) to stdout.
 ``--lag-log-ms MS`` runs a 10 ms probe on the event loop and prints
-``loop late <ms> ms at=<monotonic s>`` each time it ran MS or more late: every stall,
-where ``/metrics``' 0.5 s probe sees only the ones that cover its due time.
+``loop late <ms> ms cpu=<ms> at=<monotonic s>`` each time it ran MS or more late: every
+stall, where ``/metrics``' 0.5 s probe sees only the ones that cover its due time; ``cpu``
+is the CPU time the process used meanwhile (near 0: it was not running, not busy).
 ``--root`` imports renum_rt from another source tree (for example a scratch copy with a
 candidate optimisation), so two versions can be compared in the same run.
 Listens on 127.0.0.1 only. SIGTERM/SIGINT: close every connection (1012) and exit.
@@ -161,13 +162,14 @@ def log_stalls(threshold_s: float, every_s: float = 0.01) -> None:
     least ``threshold_s`` (the bench reads them from the log, across restarts)."""
     loop = asyncio.get_running_loop()
     due = loop.time() + every_s
+    cpu = time.process_time()
 
     def tick() -> None:
-        nonlocal due
-        now = loop.time()
-        if now - due >= threshold_s:
-            print(f"loop late {(now - due) * 1000:.1f} ms at={now:.3f}", flush=True)
-        due = now + every_s
+        nonlocal due, cpu
+        now, cpu_now = loop.time(), time.process_time()
+        if now - due >= threshold_s:  # cpu: this process's CPU time since the last tick (~0: not running)
+            print(f"loop late {(now - due) * 1000:.1f} ms cpu={(cpu_now - cpu) * 1000:.1f} at={now:.3f}", flush=True)
+        due, cpu = now + every_s, cpu_now
         loop.call_at(due, tick)
 
     loop.call_at(due, tick)

@@ -214,17 +214,6 @@ class PendingWatch:
                 "tornado_under_cap": self.max_tornado <= CAP + CLOSE_FRAME_MAX}
 
 
-def stalls(log: Path, t0: float, t1: float) -> list[float]:
-    """The launcher's ``loop late <ms> ms at=<s>`` lines between t0 and t1 (monotonic s)."""
-    out = []
-    for line in log.read_text(errors="replace").splitlines():
-        if line.startswith("loop late "):
-            parts = line.split()
-            if t0 <= float(parts[-1].split("=")[1]) <= t1:
-                out.append(float(parts[2]))
-    return out
-
-
 def phase(kind: str, n: int, args: argparse.Namespace, port: int, secret: str, gen: LoadGen, server: Proc,
           log: Path) -> dict[str, Any]:
     from renum_rt.auth import issue_token
@@ -232,8 +221,20 @@ def phase(kind: str, n: int, args: argparse.Namespace, port: int, secret: str, g
     user = f"special-{n}"
     client = RawClient(port, f"/ws?token={issue_token(secret, user, ttl_s=3600)}", args.rcvbuf)
     watch = PendingWatch(port, user) if kind == "slow" else None
-    if kind == "baseline":
+    resumed: dict[str, Any] = {}
+    resumer = None
+    if watch is None:
         client.drain()
+    else:  # reads again --resume-after s after the server closed it, while the broadcast goes on
+        def resume() -> None:
+            deadline = time.monotonic() + args.duration + 20
+            while watch.closed_at is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if watch.closed_at is not None:
+                time.sleep(max(0.0, watch.closed_at + args.resume_after - time.monotonic()))
+                resumed.update(client.read_to_end())
+        resumer = threading.Thread(target=resume, daemon=True)
+        resumer.start()
     events = int(args.rate * args.duration)
     gen.call({"cmd": "arm", "marker": "bt=", "mode": "stamp", "expect": events * args.clients,
               "timeout_ms": int((args.duration + 20) * 1000)}, "armed")
@@ -248,21 +249,16 @@ def phase(kind: str, n: int, args: argparse.Namespace, port: int, secret: str, g
                            **done["latency"], "server_cpu_busy": rnd((common.cpu_ns(server.pid) - cpu0) / 1e9
                                                                      / (t1 - t0), 3),
                            "loadgen_busy": rnd(done["loadgen_busy"], 3)}
-    if watch is not None:
-        deadline = time.monotonic() + 10
-        while watch.closed_at is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+    if watch is not None and resumer is not None:
+        resumer.join(args.duration + 60)
         closed_at = watch.closed_at
-        if closed_at is not None:
-            time.sleep(max(0.0, closed_at + args.resume_after - time.monotonic()))
         out["special"] = {**watch.stop(), "closed_after_s": rnd(closed_at - t0, 2) if closed_at else None,
-                          "resumed_after_close_s": args.resume_after, **client.read_to_end()}
+                          "resumed_after_close_s": args.resume_after,
+                          **(resumed or {"close_code": None, "close_reason": None})}
     else:
         out["special"] = {"bytes_read": client.received}
     client.close()
-    late = stalls(log, t0, t1)
-    out["loop_stalls_20ms"] = len(late)
-    out["loop_stall_max_ms"] = max(late, default=0.0)
+    out.update(common.loop_stalls(log, t0, t1))
     return out
 
 
