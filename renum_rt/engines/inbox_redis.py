@@ -1,53 +1,91 @@
-"""The inbox in Redis: durable, bounded, one Lua script per operation.
+"""The inbox in Redis: durable, bounded, and every script call within one hash slot.
 
-Each operation is one script, so it is atomic (two tabs marking the same notification
-at once change it once) and its answer (the unread count with its version) is the
-state right after it. The rules are those of ``inbox.py``; the memory inbox is the
-reference and the same contract suite runs against both.
+The rules are those of ``inbox.py``; the memory inbox is the reference and the same
+contract suite runs against both, on one Redis and on a Redis Cluster. A cluster runs a
+script only on keys of one slot, so the data is split in two kinds of slot:
 
-Keys, under the engine prefix; a user's keys share the hash tag ``{<user>}``:
+- the **feed slot** (hash tag ``{g}`` in a cluster): the id generator, the global
+  announcements and their version, the idempotency keys;
+- one **user slot** per user (hash tag ``{<user>}``): that user's notifications and
+  state, and their version.
+
+Keys, under the engine prefix; ``G`` is ``{g}`` in a cluster and empty on one Redis (so
+one Redis keeps the key names it always had):
 
 | key                       | type   | holds                                                     |
 | ------------------------- | ------ | --------------------------------------------------------- |
-| ``ib:seq``                | string | the last notification id handed out                      |
+| ``Gib:seq``               | string | the last notification id handed out                      |
+| ``Gib:g:z`` / ``Gib:g:n`` | zset / hash | global notifications: ids by key / id -> JSON        |
+| ``Gib:g:v``               | string | version of the global feed (one more per announcement)   |
+| ``Gib:idem:<key>``        | string | ``<id>\\n<json>`` of an idempotency key (``?`` first: pending) |
 | ``ib:{u}:n``              | hash   | id -> notification JSON (without id and status)           |
 | ``ib:{u}:unread|read|dismissed`` | zset | ids by status, scored by ``inbox.key(id)``         |
 | ``ib:{u}:g``              | hash   | global id -> ``read`` / ``dismissed`` for this user        |
 | ``ib:{u}:gb``             | string | this user's read-all boundary over global notifications   |
 | ``ib:{u}:v``              | string | version of this user's state                              |
-| ``ib:g:z`` / ``ib:g:n``   | zset / hash | global notifications: ids by key / id -> JSON        |
-| ``ib:g:v``                | string | version of the global feed                                |
+| ``ib:{u}:seen``           | string | the newest feed version a call for this user used (60 s)  |
 
-A user's unread count is ``ZCARD unread`` plus the global ids newer than the boundary
-that the user has not read or dismissed: an announcement to 100,000 users is one write.
+An operation is a call to the feed slot, then one script call per user slot (a
+non-transactional pipeline: one round trip per node). The first call reads the feed
+(the retained global ids, its version, the last id handed out) and, for a create,
+hands out the id that every user of the create stores. Each user script gets the feed
+version it was computed against and answers the user's own state, read in the same
+atomic step as its change: its version, its personal unread count, its read-all
+boundary, its marks on global ids. The count is that personal count plus the feed's
+ids past the boundary the user did not mark, and its version is the user version plus
+the feed version: both grow, so the sum grows with any change of either.
+
+That sum never goes backwards because a user script refuses a feed version older than
+the newest one a call for the same user already used (``seen``): the caller reads the
+feed again and retries that user. So the calls of one user, in the order Redis runs
+them, see user versions and feed versions that never decrease, and the last of them
+counts an announcement made before its feed read. ``seen`` is written even for users
+with no inbox (60 s, far longer than any call between its feed read and its script).
+
+A create with an idempotency key is stored in three steps, each safe to repeat: the
+key is taken with the new id (marked pending), each user stores that id unless it has
+it already, then the key is marked done. A retry finds the key done (stores nothing,
+no counts) or pending (stores what is missing, with the first call's id and content,
+and answers every user's count so that they are told). Without a key, a retry of a
+step stores no second copy either: the id is handed out before any user stores it.
+
 Scores are integers below 2^53, exact in Lua and in sorted sets; numbers are formatted
 with ``%.0f`` in the scripts so that none is written in exponent notation.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 import redis.asyncio
 import ujson
+from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from ..ids import NOTIFICATION_SEQ as SEQ_PER_MS
 from ..ids import notification_key as key
 from ..protocol import encode
 from .inbox import IDEMPOTENCY_TTL_S, Change, Counter, Inbox, InboxLimits, Page, Status, UnknownNotification
 
-_LUA = r"""
+_COMMON = r"""
 local SEQ = 1024
 local function num(x) return string.format('%.0f', x) end
-
--- a user's keys come in KEYS as: n, unread, read, dismissed, g, gb, v (7 keys from index i)
-local function user_keys(i)
-  return {n = KEYS[i], unread = KEYS[i + 1], read = KEYS[i + 2], dismissed = KEYS[i + 3],
-          g = KEYS[i + 4], gb = KEYS[i + 5], v = KEYS[i + 6]}
+-- the order of a notification id, personal or global
+local function score_of(id)
+  local ms, seq = string.match(id, '^g?(%d+)-(%d+)$')
+  return tonumber(ms) * SEQ + tonumber(seq)
 end
--- the shared keys come first: seq, global zset, global hash, global version
-local SEQKEY, GZ, GN, GV = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+"""
+
+# ---------------------------------------------------------------- the feed slot
+# KEYS: seq, global zset, global hash, global version [, idempotency key]
+
+_FEED_LUA = _COMMON + r"""
+local SEQKEY, GZ, GN, GV, IDEM = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 
 local function next_id(now)
   local ms, seq = now, 0
@@ -63,13 +101,6 @@ local function next_id(now)
   return id, ms * SEQ + seq
 end
 
-local function drop(u, zset, ids)
-  if #ids > 0 then
-    redis.call('ZREM', zset, unpack(ids))
-    redis.call('HDEL', u.n, unpack(ids))
-  end
-end
-
 local function expire_global(horizon)
   local old = redis.call('ZRANGEBYSCORE', GZ, '-inf', '(' .. num(horizon))
   if #old > 0 then
@@ -78,93 +109,52 @@ local function expire_global(horizon)
   end
 end
 
-local function expire_user(u, horizon)
-  for _, zset in ipairs({u.unread, u.read, u.dismissed}) do
-    drop(u, zset, redis.call('ZRANGEBYSCORE', zset, '-inf', '(' .. num(horizon)))
+-- what the user scripts are computed against: {version, last id handed out ('' none),
+-- then every retained global id, oldest first, each followed by its JSON if asked}
+local function feed(out, with_json)
+  out[#out + 1] = tonumber(redis.call('GET', GV) or '0')
+  out[#out + 1] = redis.call('GET', SEQKEY) or ''
+  for _, id in ipairs(redis.call('ZRANGE', GZ, 0, -1)) do
+    out[#out + 1] = id
+    if with_json then out[#out + 1] = redis.call('HGET', GN, id) end
   end
-end
-
-local function boundary(u) return tonumber(redis.call('GET', u.gb) or '-1') end
-
-local function global_status(u, id, score, gb)
-  local state = redis.call('HGET', u.g, id)
-  if state then return state end
-  if score <= gb then return 'read' end
-  return 'unread'
-end
-
--- the user's unread count and version; forgets state of expired global ids
-local function counter(u)
-  local gb = boundary(u)
-  local shared = redis.call('ZCOUNT', GZ, '(' .. num(gb), '+inf')
-  local states = redis.call('HGETALL', u.g)
-  for i = 1, #states, 2 do
-    local score = redis.call('ZSCORE', GZ, states[i])
-    if not score then
-      redis.call('HDEL', u.g, states[i])
-    elseif tonumber(score) > gb then
-      shared = shared - 1
-    end
-  end
-  local version = tonumber(redis.call('GET', u.v) or '0') + tonumber(redis.call('GET', GV) or '0')
-  return {redis.call('ZCARD', u.unread) + shared, version}
-end
-
-local function touch(u, ttl)
-  for _, k in pairs(u) do redis.call('EXPIRE', k, ttl) end
-end
-
--- an idempotency key already used: its "<id>\n<json>"; else nil
-local function replayed(idem)
-  if idem == '' then return nil end
-  return redis.call('GET', idem)
-end
-local function remember(idem, id, json, ttl)
-  if idem ~= '' then redis.call('SET', idem, id .. '\n' .. json, 'EX', ttl) end
+  return out
 end
 """
 
-# ARGV: now_ms, json, max_per_user, user horizon score, ttl_s, idempotency key ('' none),
-# its ttl_s. KEYS: shared, then 7 per user. Returns {id, count, version per user}, or
-# {'', "<id>\n<json>"} for a key already used.
-_CREATE = _LUA + r"""
-local now, json, cap, horizon, ttl = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
-local first = replayed(ARGV[6])
-if first then return {'', first} end
-local id, score = next_id(now)
-remember(ARGV[6], id, json, ARGV[7])
-local out = {id}
-for i = 5, #KEYS, 7 do
-  local u = user_keys(i)
-  expire_user(u, horizon)
-  redis.call('HSET', u.n, id, json)
-  redis.call('ZADD', u.unread, num(score), id)
-  local over = redis.call('ZCARD', u.unread) + redis.call('ZCARD', u.read) + redis.call('ZCARD', u.dismissed) - cap
-  for _, zset in ipairs({u.dismissed, u.read, u.unread}) do
-    if over <= 0 then break end
-    local victims = redis.call('ZRANGE', zset, 0, over - 1)
-    drop(u, zset, victims)
-    over = over - #victims
-  end
-  redis.call('INCR', u.v)
-  touch(u, ttl)
-  local c = counter(u)
-  out[#out + 1] = c[1]
-  out[#out + 1] = c[2]
-end
-return out
+# ARGV: global horizon, '1' for the JSON of each global notification. Returns the feed.
+_FEED = _FEED_LUA + r"""
+expire_global(tonumber(ARGV[1]))
+return feed({}, ARGV[2] == '1')
 """
 
-# ARGV: now_ms, json, max_global, global horizon score, idempotency key ('' none), its
-# ttl_s. Returns the id, or {'', "<id>\n<json>"} for a key already used.
-_ANNOUNCE = _LUA + r"""
+# A create's first step. ARGV: now_ms, json, global horizon, the idempotency key's ttl_s.
+# Returns {'done', "<id>\n<json>"} for a key used by a create that completed;
+# {'pending', "<id>\n<json>", feed...} for one that may not have; {'new', id, feed...}.
+_NEXT = _FEED_LUA + r"""
+local kind, value = 'new', nil
+local first = IDEM and redis.call('GET', IDEM)
+if first and string.sub(first, 1, 1) ~= '?' then return {'done', first} end
+if first then
+  kind, value = 'pending', string.sub(first, 2)
+else
+  value = next_id(tonumber(ARGV[1]))
+  if IDEM then redis.call('SET', IDEM, '?' .. value .. '\n' .. ARGV[2], 'EX', ARGV[4]) end
+end
+expire_global(tonumber(ARGV[3]))
+return feed({kind, value}, false)
+"""
+
+# ARGV: now_ms, json, max_global, global horizon, the idempotency key's ttl_s.
+# Returns the id, or {'', "<id>\n<json>"} for a key already used.
+_ANNOUNCE = _FEED_LUA + r"""
 local now, json, cap, horizon = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local first = replayed(ARGV[5])
+local first = IDEM and redis.call('GET', IDEM)
 if first then return {'', first} end
 expire_global(horizon)
 local id, score = next_id(now)
 id = 'g' .. id
-remember(ARGV[5], id, json, ARGV[6])
+if IDEM then redis.call('SET', IDEM, id .. '\n' .. json, 'EX', ARGV[5]) end
 redis.call('ZADD', GZ, num(score), id)
 redis.call('HSET', GN, id, json)
 local over = redis.call('ZCARD', GZ) - cap
@@ -177,17 +167,93 @@ redis.call('INCR', GV)
 return id
 """
 
-# ARGV: wanted statuses (space separated), below score ('' = none), limit, user horizon,
-# global horizon. Returns {count, version, then id, score, status, json per candidate}.
-_LIST = _LUA + r"""
-local wanted, below, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local u = user_keys(5)
-expire_user(u, tonumber(ARGV[4]))
-expire_global(tonumber(ARGV[5]))
+# ---------------------------------------------------------------- a user slot
+# KEYS: n, unread, read, dismissed, g, gb, v, seen. ARGV: the feed version, the user
+# horizon, the global horizon, then the operation's own. Every script answers {0} when
+# its feed is older than one already used for this user (nothing changed: read the feed
+# again), else {1, version, personal unread, boundary, number of marks, then id, status
+# per mark on a retained global id, then the operation's own}.
+
+_USER_LUA = _COMMON + r"""
+local u = {n = KEYS[1], unread = KEYS[2], read = KEYS[3], dismissed = KEYS[4], g = KEYS[5], gb = KEYS[6],
+           v = KEYS[7]}
+local SEEN = KEYS[8]
+local FEED, HORIZON, GLOBAL_HORIZON = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+
+local function stale()
+  local seen = tonumber(redis.call('GET', SEEN) or '-1')
+  if seen > FEED then return true end
+  if seen < FEED then redis.call('SET', SEEN, ARGV[1], 'EX', 60) end
+  return false
+end
+
+local function drop(zset, ids)
+  if #ids > 0 then
+    redis.call('ZREM', zset, unpack(ids))
+    redis.call('HDEL', u.n, unpack(ids))
+  end
+end
+
+local function expire_user()
+  for _, zset in ipairs({u.unread, u.read, u.dismissed}) do
+    drop(zset, redis.call('ZRANGEBYSCORE', zset, '-inf', '(' .. num(HORIZON)))
+  end
+end
+
+local function boundary() return tonumber(redis.call('GET', u.gb) or '-1') end
+
+local function touch(ttl)
+  for _, k in pairs(u) do redis.call('EXPIRE', k, ttl) end
+end
+
+-- the user's state (see above); forgets marks on global ids past their age
+local function state()
+  local out = {1, tonumber(redis.call('GET', u.v) or '0'), redis.call('ZCOUNT', u.unread, num(HORIZON), '+inf'),
+               boundary(), 0}
+  local marks = redis.call('HGETALL', u.g)
+  for i = 1, #marks, 2 do
+    if score_of(marks[i]) < GLOBAL_HORIZON then
+      redis.call('HDEL', u.g, marks[i])
+    else
+      out[#out + 1] = marks[i]
+      out[#out + 1] = marks[i + 1]
+      out[5] = out[5] + 1
+    end
+  end
+  return out
+end
+
+if stale() then return {0} end
+"""
+
+# ARGV 4..: id, json, max_per_user, ttl_s. Stores the id unless the user has it already.
+_STORE = _USER_LUA + r"""
+local id, cap = ARGV[4], tonumber(ARGV[6])
+if redis.call('HEXISTS', u.n, id) == 0 then
+  expire_user()
+  redis.call('HSET', u.n, id, ARGV[5])
+  redis.call('ZADD', u.unread, num(score_of(id)), id)
+  local over = redis.call('ZCARD', u.unread) + redis.call('ZCARD', u.read) + redis.call('ZCARD', u.dismissed) - cap
+  for _, zset in ipairs({u.dismissed, u.read, u.unread}) do
+    if over <= 0 then break end
+    local victims = redis.call('ZRANGE', zset, 0, over - 1)
+    drop(zset, victims)
+    over = over - #victims
+  end
+  redis.call('INCR', u.v)
+  touch(ARGV[7])
+end
+return state()
+"""
+
+# ARGV 4..: wanted statuses (space separated), below score ('' = none), limit.
+# Answers the state, then id, score, status, json per personal candidate.
+_LIST = _USER_LUA + r"""
+local wanted, below, limit = ARGV[4], ARGV[5], tonumber(ARGV[6])
+expire_user()
 local top = '+inf'
 if below ~= '' then top = '(' .. below end
-local c = counter(u)
-local out = {c[1], c[2]}
+local out = state()
 for status in string.gmatch(wanted, '%S+') do
   local rows = redis.call('ZREVRANGEBYSCORE', u[status], top, '-inf', 'WITHSCORES', 'LIMIT', 0, limit + 1)
   for i = 1, #rows, 2 do
@@ -197,49 +263,30 @@ for status in string.gmatch(wanted, '%S+') do
     out[#out + 1] = redis.call('HGET', u.n, rows[i])
   end
 end
-local gb = boundary(u)
-local rows = redis.call('ZREVRANGEBYSCORE', GZ, top, '-inf', 'WITHSCORES')
-for i = 1, #rows, 2 do
-  local status = global_status(u, rows[i], tonumber(rows[i + 1]), gb)
-  if string.find(' ' .. wanted .. ' ', ' ' .. status .. ' ', 1, true) then
-    out[#out + 1] = rows[i]
-    out[#out + 1] = rows[i + 1]
-    out[#out + 1] = status
-    out[#out + 1] = redis.call('HGET', GN, rows[i])
-  end
-end
 return out
 """
 
-# ARGV: status, user horizon, global horizon, ttl_s, ids... Returns {0, unknown ids...}
-# or {1, count, version, changed ids...}.
-_MARK = (
-    _LUA
-    + r"""
-local target = ARGV[1]
-local u = user_keys(5)
-expire_user(u, tonumber(ARGV[2]))
-expire_global(tonumber(ARGV[3]))
-local unknown = {0}
-for i = 5, #ARGV do
+# ARGV 4..: status, ttl_s, '1' when a global id is unknown (the caller checked them
+# against the feed), ids... Answers {2, unknown personal ids...} (nothing changed), or
+# the state then the ids it changed.
+_MARK = _USER_LUA + r"""
+local target = ARGV[4]
+expire_user()
+local unknown = {2}
+for i = 7, #ARGV do
   local id = ARGV[i]
-  local found
-  if string.sub(id, 1, 1) == 'g' then
-    found = redis.call('ZSCORE', GZ, id)
-  else
-    found = redis.call('HEXISTS', u.n, id) == 1
-  end
-  if not found then unknown[#unknown + 1] = id end
+  if string.sub(id, 1, 1) ~= 'g' and redis.call('HEXISTS', u.n, id) == 0 then unknown[#unknown + 1] = id end
 end
-if #unknown > 1 then return unknown end
-local gb = boundary(u)
+if #unknown > 1 or ARGV[6] == '1' then return unknown end
+local gb = boundary()
 local changed, seen = {}, {}
-for i = 5, #ARGV do
+for i = 7, #ARGV do
   local id = ARGV[i]
   if not seen[id] then
     seen[id] = true
     if string.sub(id, 1, 1) == 'g' then
-      local current = global_status(u, id, tonumber(redis.call('ZSCORE', GZ, id)), gb)
+      local current = redis.call('HGET', u.g, id)
+      if not current then current = score_of(id) <= gb and 'read' or 'unread' end
       if current ~= target and current ~= 'dismissed' then
         redis.call('HSET', u.g, id, target)
         changed[#changed + 1] = id
@@ -260,33 +307,18 @@ for i = 5, #ARGV do
 end
 if #changed > 0 then
   redis.call('INCR', u.v)
-  touch(u, ARGV[4])
+  touch(ARGV[5])
 end
-local c = counter(u)
-local out = {1, c[1], c[2]}
+local out = state()
 for _, id in ipairs(changed) do out[#out + 1] = id end
 return out
 """
-)
 
-# ARGV: upto score ('' = everything), user horizon, global horizon, ttl_s.
-# Returns {count, version, changed ids...}.
-_READ_ALL = (
-    _LUA
-    + r"""
-local u = user_keys(5)
-expire_user(u, tonumber(ARGV[2]))
-expire_global(tonumber(ARGV[3]))
-local upto = ARGV[1]
-if upto == '' then
-  local last = redis.call('GET', SEQKEY)
-  if last then
-    local lm, ls = string.match(last, '^(%d+)-(%d+)$')
-    upto = num(tonumber(lm) * SEQ + tonumber(ls))
-  else
-    upto = '-1'
-  end
-end
+# ARGV 4..: upto score, ttl_s, the feed's global ids up to it. Answers the state, then
+# the ids it changed.
+_READ_ALL = _USER_LUA + r"""
+local upto = ARGV[4]
+expire_user()
 local changed = {}
 local rows = redis.call('ZRANGEBYSCORE', u.unread, '-inf', upto, 'WITHSCORES')
 for i = 1, #rows, 2 do
@@ -294,44 +326,31 @@ for i = 1, #rows, 2 do
   redis.call('ZADD', u.read, rows[i + 1], rows[i])
   changed[#changed + 1] = rows[i]
 end
-local gb = boundary(u)
-local globals = redis.call('ZRANGEBYSCORE', GZ, '(' .. num(gb), upto, 'WITHSCORES')
-for i = 1, #globals, 2 do
-  if not redis.call('HGET', u.g, globals[i]) then changed[#changed + 1] = globals[i] end
+local gb = boundary()
+for i = 6, #ARGV do
+  if score_of(ARGV[i]) > gb and not redis.call('HGET', u.g, ARGV[i]) then changed[#changed + 1] = ARGV[i] end
 end
 if tonumber(upto) > gb then redis.call('SET', u.gb, upto) end
 if #changed > 0 then
   redis.call('INCR', u.v)
-  touch(u, ARGV[4])
+  touch(ARGV[5])
 end
-local c = counter(u)
-local out = {c[1], c[2]}
+local out = state()
 for _, id in ipairs(changed) do out[#out + 1] = id end
 return out
 """
-)
 
-# ARGV: global horizon. KEYS: shared, then 7 per user. Returns count, version per user.
-_UNREAD = (
-    _LUA
-    + r"""
-expire_global(tonumber(ARGV[1]))
-local out = {}
-for i = 5, #KEYS, 7 do
-  local c = counter(user_keys(i))
-  out[#out + 1] = c[1]
-  out[#out + 1] = c[2]
-end
-return out
+# Answers the state.
+_COUNT = _USER_LUA + r"""
+return state()
 """
-)
 
-#: users counted per script call, so that one call never holds Redis for long
-UNREAD_BATCH = 200
+#: user script calls sent in one pipeline
+BATCH = 200
 
 
-#: how a script call is run: the engine's ``_run`` (errors mapped to EngineUnavailable,
-#: one retry for idempotent calls), or a plain await in tests
+#: how a call is run: the engine's ``_run`` (errors mapped to EngineUnavailable, one
+#: retry for idempotent calls), or a plain await in tests
 Run = Callable[[str, Callable[[], Awaitable[Any]], bool], Awaitable[Any]]
 
 
@@ -339,25 +358,81 @@ async def _plain(command: str, call: Callable[[], Awaitable[Any]], idempotent: b
     return await call()
 
 
+@dataclass(frozen=True, slots=True)
+class _Feed:
+    """The feed slot as read by one call: what user scripts are computed against."""
+
+    version: int
+    #: the key of the last id handed out (-1: none yet)
+    last: int
+    #: retained global ids, oldest first -> their key
+    ids: dict[str, int]
+    #: their JSON, when the call asked for it
+    json: dict[str, bytes] | None
+
+    @classmethod
+    def parse(cls, reply: list[Any], with_json: bool) -> _Feed:
+        last = reply[1].decode()
+        step = 2 if with_json else 1
+        ids = [i.decode() for i in reply[2::step]]
+        json = dict(zip(ids, reply[3::2], strict=True)) if with_json else None
+        return cls(int(reply[0]), key(last) if last else -1, {i: key(i) for i in ids}, json)
+
+
+@dataclass(frozen=True, slots=True)
+class _State:
+    """A user's own state, as a user script answered it with its change."""
+
+    version: int
+    unread: int
+    boundary: int
+    #: global id -> ``read`` / ``dismissed``
+    marks: dict[str, Status]
+
+    @classmethod
+    def parse(cls, reply: list[Any]) -> tuple[_State, list[Any]]:
+        """The state, and the rest of the answer (the operation's own)."""
+        end = 5 + 2 * int(reply[4])
+        marks = {reply[i].decode(): cast(Status, reply[i + 1].decode()) for i in range(5, end, 2)}
+        return cls(int(reply[1]), int(reply[2]), int(reply[3]), marks), reply[end:]
+
+    def status(self, gid: str, k: int) -> Status:
+        return self.marks.get(gid) or ("read" if k <= self.boundary else "unread")
+
+    def counter(self, feed: _Feed) -> Counter:
+        shared = sum(1 for gid, k in feed.ids.items() if self.status(gid, k) == "unread")
+        return Counter(self.unread + shared, self.version + feed.version)
+
+
 class RedisInbox(Inbox):
     def __init__(
-        self, client: redis.asyncio.Redis, prefix: str, limits: InboxLimits = InboxLimits(), run: Run = _plain
+        self,
+        client: redis.asyncio.Redis | RedisCluster,
+        prefix: str,
+        limits: InboxLimits = InboxLimits(),
+        run: Run = _plain,
+        *,
+        cluster: bool = False,
     ) -> None:
         self._run = run
         self._redis = client
         self._limits = limits
-        self._shared = [f"{prefix}ib:seq", f"{prefix}ib:g:z", f"{prefix}ib:g:n", f"{prefix}ib:g:v"]
         self._prefix = prefix
-        self._create = client.register_script(_CREATE)
+        #: the feed slot's keys: hash-tagged together in a cluster, the old names on one Redis
+        self._g = f"{prefix}{{g}}ib:" if cluster else f"{prefix}ib:"
+        self._shared = [self._g + k for k in ("seq", "g:z", "g:n", "g:v")]
+        self._feed_script = client.register_script(_FEED)
+        self._next = client.register_script(_NEXT)
         self._announce = client.register_script(_ANNOUNCE)
+        self._store = client.register_script(_STORE)
         self._list = client.register_script(_LIST)
         self._mark = client.register_script(_MARK)
         self._read_all = client.register_script(_READ_ALL)
-        self._unread = client.register_script(_UNREAD)
+        self._count = client.register_script(_COUNT)
 
     def _user_keys(self, user: str) -> list[str]:
         base = f"{self._prefix}ib:{{{user}}}:"
-        return [base + k for k in ("n", "unread", "read", "dismissed", "g", "gb", "v")]
+        return [base + k for k in ("n", "unread", "read", "dismissed", "g", "gb", "v", "seen")]
 
     def _horizons(self, now_ms: int) -> tuple[int, int]:
         return (
@@ -365,13 +440,66 @@ class RedisInbox(Inbox):
             (now_ms - self._limits.global_max_age_s * 1000) * SEQ_PER_MS,
         )
 
-    def _idem(self, idempotency_key: str | None) -> str:
-        return f"{self._prefix}ib:idem:{idempotency_key}" if idempotency_key is not None else ""
+    def _idem(self, idempotency_key: str | None) -> list[str]:
+        return [f"{self._g}idem:{idempotency_key}"] if idempotency_key is not None else []
 
     @staticmethod
     def _first(answer: bytes) -> dict[str, Any]:
         nid, _, stored = answer.partition(b"\n")
         return {"id": nid.decode(), **ujson.loads(stored), "status": "unread"}
+
+    async def _feed(self, now_ms: int, with_json: bool) -> _Feed:
+        args = [self._horizons(now_ms)[1], int(with_json)]
+        reply = await self._run("inbox.feed", lambda: self._feed_script(keys=self._shared, args=args), True)
+        return _Feed.parse(cast(list[Any], reply), with_json)
+
+    async def _pipeline(self, script: AsyncScript, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+        """``script`` once per call in one non-transactional pipeline (a cluster sends
+        each node its calls in one round trip). Calls a restarted node answered NOSCRIPT
+        are sent again once the script is loaded (on every primary of a cluster)."""
+
+        async def send(todo: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+            pipe = self._redis.pipeline(transaction=False)
+            for keys, args in todo:
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)  # a cluster blocks .evalsha
+            return await pipe.execute(raise_on_error=False)
+
+        replies = await send(calls)
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            await self._redis.script_load(script.script)
+            for i, reply in zip(missing, await send([calls[i] for i in missing]), strict=True):
+                replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    async def _per_user(
+        self,
+        command: str,
+        script: AsyncScript,
+        users: Sequence[str],
+        args: Callable[[_Feed], list[Any]],
+        feed: _Feed,
+        now_ms: int,
+    ) -> dict[str, tuple[_Feed, list[Any]]]:
+        """``script`` for each user against ``feed``: each user's answer with the feed it
+        was computed against. Users whose call refused ``feed`` as older than one
+        already used for them run again against a feed read now."""
+        answers: dict[str, tuple[_Feed, list[Any]]] = {}
+        todo = list(users)
+        while todo:
+            calls = [(self._user_keys(u), [feed.version, *self._horizons(now_ms), *args(feed)]) for u in todo]
+            replies: list[Any] = []
+            for start in range(0, len(calls), BATCH):
+                send = functools.partial(self._pipeline, script, calls[start : start + BATCH])
+                replies += await self._run(command, send, True)
+            answers.update((u, (feed, reply)) for u, reply in zip(todo, replies, strict=True) if reply[0] != 0)
+            todo = [u for u, reply in zip(todo, replies, strict=True) if reply[0] == 0]
+            if todo:
+                feed = await self._feed(now_ms, feed.json is not None)
+        return answers
 
     async def create(
         self,
@@ -381,96 +509,91 @@ class RedisInbox(Inbox):
         idempotency_key: str | None = None,
         ttl_s: int = IDEMPOTENCY_TTL_S,
     ) -> tuple[dict[str, Any], dict[str, Counter]]:
-        unique = list(dict.fromkeys(users))
         stored = {**fields, "created_at": now_ms}
-        keys = list(self._shared)
-        for user in unique:
-            keys += self._user_keys(user)
-        args: list[str | int] = [
-            now_ms,
-            encode(stored),
-            self._limits.max_per_user,
-            self._horizons(now_ms)[0],
-            self._limits.max_age_s,
-            self._idem(idempotency_key),
-            ttl_s,
-        ]
+        json = encode(stored).encode()
+        idem = self._idem(idempotency_key)
+        args: list[str | int | bytes] = [now_ms, json, self._horizons(now_ms)[1], ttl_s]
         reply = cast(
-            list[Any],
-            await self._run("inbox.create", lambda: self._create(keys=keys, args=args), idempotency_key is not None),
+            list[Any], await self._run("inbox.create", lambda: self._next(keys=self._shared + idem, args=args), True)
         )
-        if reply[0] == b"":
+        if reply[0] == b"done":
             return self._first(reply[1]), {}
-        nid = reply[0].decode()
-        counts = {user: Counter(int(reply[1 + 2 * i]), int(reply[2 + 2 * i])) for i, user in enumerate(unique)}
-        return {"id": nid, **stored, "status": "unread"}, counts
+        if reply[0] == b"new":
+            nid = reply[1].decode()
+            notification = {"id": nid, **stored, "status": "unread"}
+        else:  # pending: finish the first call's create, with its id and content
+            notification = self._first(reply[1])
+            nid, json = notification["id"], reply[1].partition(b"\n")[2]
+        store = [nid, json, self._limits.max_per_user, self._limits.max_age_s]
+        answers = await self._per_user(
+            "inbox.create", self._store, list(dict.fromkeys(users)), lambda _: store,
+            _Feed.parse(reply[2:], False), now_ms,
+        )
+        if idem:
+            done = nid.encode() + b"\n" + json
+            await self._run("inbox.create", lambda: self._redis.set(idem[0], done, xx=True, keepttl=True), True)
+        return notification, {u: _State.parse(a)[0].counter(f) for u, (f, a) in answers.items()}
 
     async def announce(
         self, fields: dict[str, Any], now_ms: int, idempotency_key: str | None = None, ttl_s: int = IDEMPOTENCY_TTL_S
     ) -> tuple[dict[str, Any], bool]:
         stored = {**fields, "created_at": now_ms}
-        args: list[str | int] = [
-            now_ms,
-            encode(stored),
-            self._limits.max_global,
-            self._horizons(now_ms)[1],
-            self._idem(idempotency_key),
-            ttl_s,
-        ]
+        args: list[str | int] = [now_ms, encode(stored), self._limits.max_global, self._horizons(now_ms)[1], ttl_s]
+        keys = self._shared + self._idem(idempotency_key)
         reply = await self._run(
-            "inbox.announce", lambda: self._announce(keys=self._shared, args=args), idempotency_key is not None
+            "inbox.announce", lambda: self._announce(keys=keys, args=args), idempotency_key is not None
         )
         if isinstance(reply, list):
             return self._first(reply[1]), False
         return {"id": cast(bytes, reply).decode(), **stored, "status": "unread"}, True
 
     async def list(self, user: str, status: Status | None, limit: int, cursor: str | None, now_ms: int) -> Page:
-        wanted = "unread read" if status is None else status
-        below = str(key(cursor)) if cursor is not None else ""
-        args: list[str | int] = [wanted, below, limit, *self._horizons(now_ms)]
-        keys = self._shared + self._user_keys(user)
-        reply = cast(list[Any], await self._run("inbox.list", lambda: self._list(keys=keys, args=args), True))
+        wanted: tuple[Status, ...] = ("unread", "read") if status is None else (status,)
+        below = key(cursor) if cursor is not None else None
+        args = [" ".join(wanted), "" if below is None else below, limit]
+        feed = await self._feed(now_ms, True)
+        feed, reply = (await self._per_user("inbox.list", self._list, [user], lambda _: args, feed, now_ms))[user]
+        state, rest = _State.parse(reply)
         rows = []
-        for i in range(2, len(reply), 4):
-            if reply[i + 3] is None:  # a personal id whose data expired between two reads: skip it
+        for i in range(0, len(rest), 4):
+            if rest[i + 3] is None:  # a personal id whose data expired between two reads: skip it
                 continue
-            rows.append(
-                (
-                    int(reply[i + 1]),
-                    {"id": reply[i].decode(), **ujson.loads(reply[i + 3]), "status": reply[i + 2].decode()},
-                )
-            )
+            item = {"id": rest[i].decode(), **ujson.loads(rest[i + 3]), "status": rest[i + 2].decode()}
+            rows.append((int(rest[i + 1]), item))
+        for gid, k in feed.ids.items():
+            gstatus = state.status(gid, k)
+            if gstatus in wanted and (below is None or k < below):
+                rows.append((k, {"id": gid, **ujson.loads(cast(dict[str, bytes], feed.json)[gid]), "status": gstatus}))
         rows.sort(key=lambda row: row[0], reverse=True)
         items = [item for _, item in rows[:limit]]
         next_cursor = items[-1]["id"] if len(rows) > limit else None
-        return Page(items, next_cursor, Counter(int(reply[0]), int(reply[1])))
+        return Page(items, next_cursor, state.counter(feed))
 
     async def mark(self, user: str, ids: Sequence[str], status: Literal["read", "dismissed"], now_ms: int) -> Change:
-        args: list[str | int] = [status, *self._horizons(now_ms), self._limits.max_age_s, *ids]
-        keys = self._shared + self._user_keys(user)
-        reply = cast(list[Any], await self._run("inbox.mark", lambda: self._mark(keys=keys, args=args), True))
-        if reply[0] == 0:
-            raise UnknownNotification([i.decode() for i in reply[1:]])
-        return Change([i.decode() for i in reply[3:]], status, Counter(int(reply[1]), int(reply[2])))
+        def args(feed: _Feed) -> list[Any]:
+            refused = any(i.startswith("g") and i not in feed.ids for i in ids)
+            return [status, self._limits.max_age_s, int(refused), *ids]
+
+        feed = await self._feed(now_ms, False)
+        feed, reply = (await self._per_user("inbox.mark", self._mark, [user], args, feed, now_ms))[user]
+        if reply[0] == 2:
+            personal = {i.decode() for i in reply[1:]}
+            raise UnknownNotification([i for i in ids if i in personal or (i.startswith("g") and i not in feed.ids)])
+        state, changed = _State.parse(reply)
+        return Change([i.decode() for i in changed], status, state.counter(feed))
 
     async def read_all(self, user: str, before: str | None, now_ms: int) -> Change:
-        upto = str(key(before)) if before is not None else ""
-        args: list[str | int] = [upto, *self._horizons(now_ms), self._limits.max_age_s]
-        keys = self._shared + self._user_keys(user)
-        reply = cast(list[Any], await self._run("inbox.read_all", lambda: self._read_all(keys=keys, args=args), True))
-        changed = sorted((i.decode() for i in reply[2:]), key=key)
-        return Change(changed, "read", Counter(int(reply[0]), int(reply[1])))
+        def args(feed: _Feed) -> list[Any]:
+            upto = key(before) if before is not None else feed.last
+            return [upto, self._limits.max_age_s, *(gid for gid, k in feed.ids.items() if k <= upto)]
+
+        feed = await self._feed(now_ms, False)
+        feed, reply = (await self._per_user("inbox.read_all", self._read_all, [user], args, feed, now_ms))[user]
+        state, changed = _State.parse(reply)
+        return Change(sorted((i.decode() for i in changed), key=key), "read", state.counter(feed))
 
     async def unread(self, users: Sequence[str], now_ms: int) -> dict[str, Counter]:
-        counts: dict[str, Counter] = {}
-        horizon = self._horizons(now_ms)[1]
-        for start in range(0, len(users), UNREAD_BATCH):
-            batch = users[start : start + UNREAD_BATCH]
-            keys = list(self._shared)
-            for user in batch:
-                keys += self._user_keys(user)
-            reply = cast(list[Any], await self._run(
-                "inbox.unread", lambda keys=keys: self._unread(keys=keys, args=[horizon]), True))  # type: ignore[misc]
-            for i, user in enumerate(batch):
-                counts[user] = Counter(int(reply[2 * i]), int(reply[2 * i + 1]))
-        return counts
+        feed = await self._feed(now_ms, False)
+        answers = await self._per_user("inbox.unread", self._count, list(dict.fromkeys(users)), lambda _: [], feed,
+                                       now_ms)
+        return {u: _State.parse(answers[u][1])[0].counter(answers[u][0]) for u in users}

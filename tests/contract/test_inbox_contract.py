@@ -9,33 +9,46 @@ change nothing.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis.asyncio
 import tornado.ioloop
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.crc import key_slot
 
 from renum_rt.engines.inbox import Counter, Inbox, InboxLimits, UnknownNotification
 from renum_rt.engines.inbox_memory import MemoryInbox
 from renum_rt.engines.inbox_redis import RedisInbox
 from renum_rt.ids import is_notification_id
 from renum_rt.ids import notification_key as key
+from tests.support.redis_topologies import RedisClusterServers
 
 NOW = 1_700_000_000_000
 DAY_MS = 24 * 3600 * 1000
 
 
-@pytest.fixture(params=["memory", "redis"])
+def cluster_client(cluster: RedisClusterServers) -> RedisCluster:
+    return RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", n.port) for n in cluster.nodes])
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def inbox(request: pytest.FixtureRequest, io_loop: tornado.ioloop.IOLoop) -> Iterator[Inbox]:
     marker = request.node.get_closest_marker("limits")
     limits = InboxLimits(**marker.kwargs) if marker else InboxLimits()
     if request.param == "memory":
         yield MemoryInbox(limits)
         return
-    client = redis.asyncio.from_url(request.getfixturevalue("redis_server").url)
-    yield RedisInbox(client, f"inbox-{uuid.uuid4().hex[:12]}:", limits)
+    prefix = f"inbox-{uuid.uuid4().hex[:12]}:"
+    client: redis.asyncio.Redis | RedisCluster
+    if request.param == "redis":
+        client = redis.asyncio.from_url(request.getfixturevalue("redis_server").url)
+    else:
+        client = cluster_client(request.getfixturevalue("redis_cluster"))
+    yield RedisInbox(client, prefix, limits, cluster=request.param == "cluster")
     io_loop.run_sync(client.aclose)
 
 
@@ -193,7 +206,7 @@ async def test_two_tabs_marking_at_once_change_each_notification_once(io_loop: o
     assert await unread(inbox, "u1") == 0
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=30)  # 1030 creates, two round trips each on Redis
 async def test_ids_order_and_keys(io_loop: object, inbox: Inbox) -> None:
     ids = [(await inbox.create(["u1"], note(), NOW))[0]["id"] for _ in range(1030)]  # past one millisecond
     assert sorted(ids, key=key) == ids and len(set(ids)) == len(ids)
@@ -213,3 +226,136 @@ async def test_an_idempotency_key_creates_once_and_returns_the_first_notificatio
     assert await unread(inbox, "u1") == 2
     other, _ = await inbox.create(["u1"], note("other key"), NOW + 10, idempotency_key="k3")
     assert other["id"] != first["id"]
+
+
+
+# ---------------------------------------------------------------- Redis only: slots, races, restarts
+
+ON_REDIS = pytest.mark.parametrize("inbox", ["redis", "cluster"], indirect=True)
+ON_CLUSTER = pytest.mark.parametrize("inbox", ["cluster"], indirect=True)
+
+
+def users_on_every_node(cluster: RedisClusterServers, prefix: str, per_node: int = 2) -> list[str]:
+    """User names whose inbox slots fall on every primary, ``per_node`` on each."""
+    found: dict[int, list[str]] = {node.port: [] for node in cluster.nodes}
+    for i in itertools.count():
+        user = f"user-{i}"
+        users = found[cluster.node_of(f"{prefix}ib:{{{user}}}:n").port]
+        if len(users) < per_node:
+            users.append(user)
+        if all(len(users) == per_node for users in found.values()):
+            return [user for users in found.values() for user in users]
+    raise AssertionError("unreachable")
+
+
+@ON_CLUSTER
+@pytest.mark.gen_test
+async def test_a_create_to_users_on_every_shard_stores_one_per_user_and_counts_right(
+    io_loop: object, inbox: Inbox, redis_cluster: RedisClusterServers
+) -> None:
+    users = users_on_every_node(redis_cluster, cast(RedisInbox, inbox)._prefix)
+    await inbox.announce({"title": "g"}, NOW)
+    await inbox.mark(users[0], [(await inbox.list(users[0], None, 10, None, NOW)).items[0]["id"]], "read", NOW)
+    created, counts = await inbox.create([*users, users[1]], note(), NOW + 1)
+    assert counts == {u: Counter(1 if u == users[0] else 2, counts[u].version) for u in users}
+    for user in users:
+        items = (await inbox.list(user, "unread", 10, None, NOW + 1)).items
+        assert [i["id"] for i in items if not i["id"].startswith("g")] == [created["id"]]
+    assert await inbox.unread(users, NOW + 1) == counts
+
+
+@ON_CLUSTER
+@pytest.mark.gen_test
+async def test_every_script_call_stays_within_one_slot(
+    io_loop: object, inbox: Inbox, redis_cluster: RedisClusterServers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis Cluster refuses a script on keys of two slots (CROSSSLOT) and redis-py
+    refuses to send one; this records every script call of every operation anyway,
+    direct or pipelined, and checks its keys against the cluster's own slot function."""
+    calls: list[list[str]] = []
+
+    def recording(execute: Any) -> Any:
+        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if str(args[0]).upper() in ("EVAL", "EVALSHA"):
+                calls.append([k if isinstance(k, str) else k.decode() for k in args[3 : 3 + int(args[2])]])
+            return execute(self, *args, **kwargs)
+        return call
+
+    monkeypatch.setattr(RedisCluster, "execute_command", recording(RedisCluster.execute_command))
+    monkeypatch.setattr(ClusterPipeline, "execute_command", recording(ClusterPipeline.execute_command))
+    users = users_on_every_node(redis_cluster, cast(RedisInbox, inbox)._prefix)
+    glob = (await inbox.announce({"title": "g"}, NOW, idempotency_key="a"))[0]["id"]
+    mine = (await inbox.create(users, note(), NOW, idempotency_key="c"))[0]["id"]
+    await inbox.create(users, note(), NOW, idempotency_key="c")
+    await inbox.mark(users[0], [mine, glob], "read", NOW)
+    with pytest.raises(UnknownNotification):
+        await inbox.mark(users[0], ["1-0"], "dismissed", NOW)
+    await inbox.read_all(users[1], None, NOW)
+    await inbox.list(users[2], None, 10, None, NOW)
+    await inbox.unread(users, NOW)
+    slots = [{key_slot(k.encode()) for k in keys} for keys in calls]
+    assert len(calls) >= 2 * len(users) and all(len(s) == 1 for s in slots)  # a create and a count: one per user
+    assert len({redis_cluster.node_of(keys[0]).port for keys in calls}) == len(redis_cluster.nodes)
+
+
+@ON_REDIS
+@pytest.mark.gen_test
+async def test_an_announcement_between_a_feed_read_and_a_users_change_is_still_counted(
+    io_loop: object, inbox: Inbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mark reads the feed, an announcement and a count of the same user happen, then
+    the mark's script runs: it must not answer a count without the announcement under
+    the count's version (the newest count would then be wrong), so it reads again."""
+    redis_inbox = cast(RedisInbox, inbox)
+    mine = (await inbox.create(["u1"], note(), NOW))[0]["id"]
+    read_feed = redis_inbox._feed
+    between: list[Counter] = []
+
+    async def feed_then_announce(now_ms: int, with_json: bool) -> Any:
+        feed = await read_feed(now_ms, with_json)
+        if redis_inbox._feed is feed_then_announce:  # once: the count below reads the feed too
+            monkeypatch.setattr(redis_inbox, "_feed", read_feed)
+            await inbox.announce({"title": "g"}, NOW)
+            between.append((await inbox.unread(["u1"], NOW))["u1"])
+        return feed
+
+    monkeypatch.setattr(redis_inbox, "_feed", feed_then_announce)
+    change = await inbox.mark("u1", [mine], "read", NOW)
+    assert between[0].count == 2 and change.unread.count == 1 and change.unread.version > between[0].version
+    assert (await inbox.unread(["u1"], NOW))["u1"] == change.unread
+
+
+@ON_REDIS
+@pytest.mark.gen_test
+async def test_a_create_whose_users_were_not_all_stored_is_finished_by_its_retry(
+    io_loop: object, inbox: Inbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first call takes the idempotency key and stores u1, then fails; its retry
+    stores u2 and u3 only, with the first call's id and content, and tells all three."""
+    redis_inbox = cast(RedisInbox, inbox)
+    pipeline = redis_inbox._pipeline
+
+    async def fail_after_the_first_user(script: Any, calls: Any) -> Any:
+        await pipeline(script, calls[:1])
+        raise ConnectionError("lost")
+
+    monkeypatch.setattr(redis_inbox, "_pipeline", fail_after_the_first_user)
+    with pytest.raises(ConnectionError):
+        await inbox.create(["u1", "u2", "u3"], note("first"), NOW, idempotency_key="k")
+    monkeypatch.setattr(redis_inbox, "_pipeline", pipeline)
+    again, counts = await inbox.create(["u1", "u2", "u3"], note("second"), NOW + 5, idempotency_key="k")
+    assert again["title"] == "first" and {u: c.count for u, c in counts.items()} == {"u1": 1, "u2": 1, "u3": 1}
+    for user in ("u1", "u2", "u3"):
+        assert [i["id"] for i in (await inbox.list(user, None, 10, None, NOW)).items] == [again["id"]]
+    assert await inbox.create(["u1", "u2", "u3"], note("third"), NOW + 9, idempotency_key="k") == (again, {})
+
+
+@ON_REDIS
+@pytest.mark.gen_test
+async def test_a_restarted_redis_without_the_scripts_loaded_still_answers(io_loop: object, inbox: Inbox) -> None:
+    await inbox.create(["u1", "u2"], note(), NOW)
+    await cast(RedisInbox, inbox)._redis.script_flush()  # what a restart does to the script cache
+    _, counts = await inbox.create(["u1", "u2"], note(), NOW)
+    assert {u: c.count for u, c in counts.items()} == {"u1": 2, "u2": 2}
+    await cast(RedisInbox, inbox)._redis.script_flush()
+    assert {u: c.count for u, c in (await inbox.unread(["u1", "u2"], NOW)).items()} == {"u1": 2, "u2": 2}
