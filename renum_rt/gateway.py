@@ -159,9 +159,16 @@ class Gateway:
                 conn.send(unavailable().frame())
                 conn.close(CLOSE_RESTART, "the event store is unreachable; reconnect")
             return
-        except BaseException:
+        except Exception:
+            # handled here, not raised: Tornado would drop a socket whose ``open`` raised
+            # without ``on_close``, and with it the release of every count it holds
+            log(logging.ERROR, "connect failed", conn=session.id, user=identity.user_id, exc_info=True)
+            self.metrics.internal_errors += 1
             hub.remove(conn, channels.SYSTEM)
             conn.close(CLOSE_RESTART, "internal error; reconnect")
+            return
+        except BaseException:  # cancelled: the node is stopping
+            hub.remove(conn, channels.SYSTEM)
             raise
         if self.is_open(conn):
             if unread.version > session.unread_version:  # a newer count may have been pushed meanwhile

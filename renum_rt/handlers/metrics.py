@@ -68,7 +68,7 @@ class NodeCollector(Collector):
             "engine_errors": ("engine (Redis) commands that failed: unreachable or refusing writes",
                               g.engine.failures),
             "resyncs": ("history re-reads after the engine's live feed was interrupted", m.resyncs),
-            "internal_errors": ("client frames that failed with an unexpected error", m.internal_errors),
+            "internal_errors": ("client frames and connects that failed with an unexpected error", m.internal_errors),
             "notifications_created": ("notifications stored (one per user; an announcement once)",
                                       m.notifications_created),
             "notifications_read": ("notifications marked read", m.notifications_read),

@@ -113,3 +113,25 @@ async def test_dev_mode_accepts_a_page_from_a_local_dev_server(ws_url: str, toke
     client = await connect(ws_url, token("u1"), headers={"Origin": "http://localhost:5173"})
     assert (await client.request({"type": "ping"}))["type"] == "pong"
     client.close()
+
+
+@pytest.mark.settings(max_connections_per_address=2)
+@pytest.mark.gen_test(timeout=20)
+async def test_an_unexpected_error_at_connect_closes_1012_and_frees_every_count(
+    ws_url: str, token: Any, node: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gateway = node.gateway
+    real_unread = gateway.engine.inbox.unread
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(gateway.engine.inbox, "unread", broken)
+    for _ in range(3):  # more than the per-address cap: each failed connection gave its slot back
+        client = await connect(ws_url, token("u1"), welcome=False)
+        assert await client.closed() == 1012
+        assert client.close_reason == "internal error; reconnect"
+    assert len(gateway.registry) == 0
+    monkeypatch.setattr(gateway.engine.inbox, "unread", real_unread)
+    client = await connect(ws_url, token("u1"))  # welcome: nothing stayed counted
+    client.close()
