@@ -14,6 +14,7 @@ Steps (each one calls an existing script with its flags, as a separate process):
   publish      bench/publish.py --runs 1
   slow-consumer  bench/slow_consumer.py: one client stops reading during a broadcast to 500 others
   two-nodes    bench/two_nodes.py: two nodes on one private Redis, p99 on node B against node A
+  storm        bench/reconnect_storm.py: 5,000 clients come back after SIGTERM and kill -9 (Redis)
 The servers: bare Tornado, pre-framed Tornado, renum-rt, websockets broadcast(),
 python-socketio + aiohttp, Node ws, Node socket.io 4 (the peers run from the bench's own
 venv and npm folder, bench/results/peers/, created on first use, never in the package's
@@ -51,7 +52,7 @@ LABELS = {
     "ws-node": "Node ws",
     "socketio-node": "Node socket.io",
 }
-STEPS = ["fanout-1k", "fanout-10k", "spec", "publish", "slow-consumer", "two-nodes"]
+STEPS = ["fanout-1k", "fanout-10k", "spec", "publish", "slow-consumer", "two-nodes", "storm"]
 
 
 def parse_args() -> argparse.Namespace:
@@ -252,6 +253,7 @@ def main() -> int:
         ("publish", [bench + "publish.py", "--runs", "1"], 400),
         ("slow-consumer", [bench + "slow_consumer.py"], 400),
         ("two-nodes", [bench + "two_nodes.py"], 400),
+        ("storm", [bench + "reconnect_storm.py"], 900),
     ]
     steps = []
     for name, argv, timeout in plan:

@@ -107,15 +107,16 @@ class Proc:
 
 
 class LoadGen:
-    """The Node load generator (bench/loadgen.mjs) pinned to the load core."""
+    """The Node load generator (bench/loadgen.mjs, or another script that speaks JSON lines
+    and says hello with its pid, e.g. bench/storm_client.mjs) pinned to the load core."""
 
-    def __init__(self, port: int, log: Path) -> None:
+    def __init__(self, port: int, log: Path, script: Path = LOADGEN) -> None:
         node = shutil.which("node")
         if node is None:
             raise RuntimeError("node (Node.js 18+) is needed for the load generator")
         self._err = open(log, "ab")
         extra = os.environ.get("BENCH_NODE_ARGS", "").split()  # e.g. --cpu-prof, to profile the load generator
-        self.proc = subprocess.Popen([*taskset(LOAD_CORE), node, *extra, str(LOADGEN), "--port", str(port)],
+        self.proc = subprocess.Popen([*taskset(LOAD_CORE), node, *extra, str(script), "--port", str(port)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err,
                                      cwd=ROOT, start_new_session=True)
         hello = self.read()
