@@ -40,6 +40,7 @@ import itertools
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -65,6 +66,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steady", type=float, default=5.0, help="seconds of traffic before each restart (default 5)")
     p.add_argument("--timeout", type=float, default=60.0, help="max seconds for the clients to come back (default 60)")
     p.add_argument("--log-level", default="info", help="renum-rt log level (default info, as in production)")
+    p.add_argument("--py-spy", metavar="PATH", help="py-spy executable (from a bench venv, never a package "
+                   "dependency): profile each restarted node until every client is back (profile-<mode>.txt)")
     return p.parse_args()
 
 
@@ -130,6 +133,12 @@ def start_node(port: int, env: dict[str, str], log: Path, log_level: str) -> tup
                  str(port), "--log-level", log_level, "--lag-log-ms", "20"], log, env=env)
     common.wait_http(f"http://127.0.0.1:{port}/healthz", timeout=30, proc=proc.proc)
     return proc, time.monotonic()
+
+
+def profile(py_spy: str, pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling ``pid`` (on the load core) until SIGINT: collapsed stacks in ``out``."""
+    return subprocess.Popen([*common.taskset(LOAD_CORE), py_spy, "record", "-p", str(pid), "--format", "raw",
+                             "-o", str(out), "--rate", "200"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def percentile(values: list[float], p: float) -> float | None:
@@ -231,6 +240,7 @@ def main() -> int:
                 server.proc.send_signal(signal.SIGKILL)
             server.stop()  # SIGTERM (the node closes every connection with 1012), or reaps the killed one
             server, up = start_node(port, env, outdir / f"server-{n + 1}.log", args.log_level)
+            spy = profile(args.py_spy, server.pid, outdir / f"profile-{mode}.txt") if args.py_spy else None
             cpu0 = {"server": common.cpu_ns(server.pid), "clients": common.cpu_ns(gen.pid),
                     "redis": common.cpu_ns(redis.proc.pid), "bench": common.cpu_ns(os.getpid())}
             status: dict[str, Any] = {}
@@ -240,6 +250,9 @@ def main() -> int:
                     break
                 time.sleep(0.05)
             all_live = time.monotonic()
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)  # py-spy writes its profile and exits
+                spy.wait(30)
             busy = {k: rnd((common.cpu_ns(pid) - cpu0[k]) / 1e9 / max(1e-9, all_live - up), 3)
                     for k, pid in (("server", server.pid), ("clients", gen.pid), ("redis", redis.proc.pid),
                                    ("bench", os.getpid()))}
