@@ -18,8 +18,9 @@ buffer fill until the server closes it (1008). The phases alternate (B S S B ...
 with a fresh special client, and the normal clients' p99 of each slow phase is compared
 with the baseline phases of the same run (issue 11: at most +10%).
 
-During a slow phase GET /bench/pending (every 20 ms) reads the special connection's
-unsent bytes in Tornado (what the cap limits) and in the kernel (SIOCOUTQ). Once the
+In every phase GET /bench/pending (every 20 ms, so that both kinds of phase cost the
+server the same) reads the special connection's unsent bytes in Tornado (what the cap
+limits) and in the kernel (SIOCOUTQ). Once the
 server has closed it, the client waits --resume-after s, then reads everything: whole
 frames, then the close frame (1008, "slow consumer") if it was still there. Tornado
 drops a socket whose close is not answered within 5 s, with what it still held, so a
@@ -220,10 +221,10 @@ def phase(kind: str, n: int, args: argparse.Namespace, port: int, secret: str, g
 
     user = f"special-{n}"
     client = RawClient(port, f"/ws?token={issue_token(secret, user, ttl_s=3600)}", args.rcvbuf)
-    watch = PendingWatch(port, user) if kind == "slow" else None
+    watch = PendingWatch(port, user)  # in both kinds of phase: its requests cost the server the same
     resumed: dict[str, Any] = {}
     resumer = None
-    if watch is None:
+    if kind == "baseline":
         client.drain()
     else:  # reads again --resume-after s after the server closed it, while the broadcast goes on
         def resume() -> None:
@@ -249,14 +250,14 @@ def phase(kind: str, n: int, args: argparse.Namespace, port: int, secret: str, g
                            **done["latency"], "server_cpu_busy": rnd((common.cpu_ns(server.pid) - cpu0) / 1e9
                                                                      / (t1 - t0), 3),
                            "loadgen_busy": rnd(done["loadgen_busy"], 3)}
-    if watch is not None and resumer is not None:
+    if resumer is not None:
         resumer.join(args.duration + 60)
         closed_at = watch.closed_at
         out["special"] = {**watch.stop(), "closed_after_s": rnd(closed_at - t0, 2) if closed_at else None,
                           "resumed_after_close_s": args.resume_after,
                           **(resumed or {"close_code": None, "close_reason": None})}
     else:
-        out["special"] = {"bytes_read": client.received}
+        out["special"] = {**watch.stop(), "bytes_read": client.received}
     client.close()
     out.update(common.loop_stalls(log, t0, t1))
     return out
