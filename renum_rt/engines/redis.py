@@ -50,7 +50,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar, cast
 
 import redis.asyncio
@@ -77,7 +77,7 @@ from .base import (
 )
 from .inbox import InboxLimits
 from .inbox_redis import RedisInbox
-from .redis_connect import connect, node_client, parse
+from .redis_connect import POOL_WAIT_S, connect, node_client, parse
 from .redis_feed import ChannelFeed, fan_out, reason
 from .redis_publish import Call, answers, plan
 from .redis_shards import ShardedFeed
@@ -88,7 +88,7 @@ T = TypeVar("T")
 #: Errors that mean "Redis cannot be reached now" (``BusyLoadingError``, Redis still
 #: loading its data after a restart, is a ``ConnectionError``; so is "no free connection
 #: in the pool after ``POOL_WAIT_S``").
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
 #: Error codes of replies that mean "this Redis cannot take writes now": out of memory
 #: (``maxmemory`` with ``noeviction``), a read-only replica, a replica cut from its
 #: primary, too few replicas (``min-replicas-to-write``), a failed RDB save
@@ -143,6 +143,9 @@ class RedisEngine(Engine):
         self._prefix = prefix
         self._wait = (wait_replicas, wait_timeout_ms)
         self._redis = connect(topology, pool_size)
+        #: a cluster's pools fail at once when all their connections are busy: commands
+        #: wait here instead, as they do in the pool of one primary
+        self._slots = asyncio.Semaphore(pool_size) if self._cluster else None
         #: the node-wide keys: one slot in a cluster
         self._g = f"{prefix}{{g}}" if self._cluster else prefix
         self.inbox = RedisInbox(self._redis, prefix, inbox_limits, self._run)  # CLUSTER-PENDING
@@ -214,6 +217,20 @@ class RedisEngine(Engine):
         """The channels this node receives (all, with one primary: an empty list)."""
         return self._shards.channels() if self._shards is not None else []
 
+    @contextlib.asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        """Hold one of the ``pool_size`` command slots of a cluster (TimeoutError after
+        ``POOL_WAIT_S``); nothing with one primary, whose pool itself waits."""
+        if self._slots is None:
+            yield
+            return
+        async with asyncio.timeout(POOL_WAIT_S):
+            await self._slots.acquire()
+        try:
+            yield
+        finally:
+            self._slots.release()
+
     async def _run(self, command: str, call: Callable[[], Awaitable[T]], idempotent: bool) -> T:
         """Run one command; turn "unreachable" and "refusing writes" into a logged
         ``EngineUnavailable``. An idempotent command whose connection failed is tried once
@@ -222,7 +239,8 @@ class RedisEngine(Engine):
         failures = 0
         while True:
             try:
-                return await call()
+                async with self._slot():
+                    return await call()
             except _UNREACHABLE as exc:
                 failures += 1
                 if not idempotent or failures > 1:
@@ -324,7 +342,7 @@ class RedisEngine(Engine):
         by ``WAIT`` when replicas must confirm (one primary: the same connection)."""
         sha = self._scripts["PUBLISH"].sha
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
+            async with self._slot(), self._redis.pipeline(transaction=False) as pipe:
                 for call in calls:
                     pipe.execute_command("EVALSHA", sha, len(call.keys), *call.keys, *head, *call.args)
                 replicas, timeout_ms = self._wait

@@ -16,7 +16,7 @@ import redis
 
 from renum_rt import protocol
 from renum_rt.engines.base import AckRefused, Engine, EngineUnavailable, Event, Publication, Replay, Retention
-from renum_rt.engines.redis import TurnGroup
+from renum_rt.engines.turns import TurnGroup
 from renum_rt.ids import parse_id
 from tests.support.redis_server import RedisServer
 
@@ -422,3 +422,26 @@ async def test_a_redis_that_refuses_writes_is_unavailable_and_unhealthy(
     finally:
         admin.close()
         primary.cleanup()
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_wait_replicas_answers_a_publish_once_a_replica_has_it(
+    io_loop: object, redis_sentinel: Any, open_engine: OpenEngine, prefix: str
+) -> None:
+    engine = await open_engine("redis", Feed(), url=redis_sentinel.url, wait_replicas=1, wait_timeout_ms=5000)
+    ids = await asyncio.gather(*(engine.publish([f"team:t{i % 3}"], "n", {}, TS) for i in range(20)))
+    with redis.Redis(port=redis_sentinel.replica.port, socket_timeout=2) as replica:
+        for answer in ids:  # each answered publish is on the replica already, not just on its way
+            ((channel, event_id),) = answer.items()
+            assert replica.xrange(f"{prefix}s:{channel}", event_id, event_id), (channel, event_id)
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_wait_replicas_refuses_a_publish_no_replica_confirmed(
+    io_loop: object, redis_server: RedisServer, open_engine: OpenEngine, engine_log: LogRecords
+) -> None:
+    engine = await open_engine("redis", Feed(), url=redis_server.url, wait_replicas=1, wait_timeout_ms=50)
+    with pytest.raises(EngineUnavailable):  # a Redis without replicas: not promised
+        await engine.publish(["team:t1"], "n", {}, TS, idempotency_key="k", ttl_s=60)
+    (line,) = engine_log.lines("engine unavailable")
+    assert line["command"] == "wait" and "0 of 1 replicas" in line["reason"]
