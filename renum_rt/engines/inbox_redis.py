@@ -55,9 +55,9 @@ with ``%.0f`` in the scripts so that none is written in exponent notation.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 import redis.asyncio
@@ -169,10 +169,11 @@ return id
 
 # ---------------------------------------------------------------- a user slot
 # KEYS: n, unread, read, dismissed, g, gb, v, seen. ARGV: the feed version, the user
-# horizon, the global horizon, then the operation's own. Every script answers {0} when
-# its feed is older than one already used for this user (nothing changed: read the feed
-# again), else {1, version, personal unread, boundary, number of marks, then id, status
-# per mark on a retained global id, then the operation's own}.
+# horizon, the global horizon, then the operation's own. Every script answers {0, seen}
+# when its feed is older than the one (version ``seen``) already used for this user
+# (nothing changed: read the feed again), else {1, version, personal unread, boundary,
+# number of marks, then id, status per mark on a retained global id, then the
+# operation's own}.
 
 _USER_LUA = _COMMON + r"""
 local u = {n = KEYS[1], unread = KEYS[2], read = KEYS[3], dismissed = KEYS[4], g = KEYS[5], gb = KEYS[6],
@@ -180,11 +181,12 @@ local u = {n = KEYS[1], unread = KEYS[2], read = KEYS[3], dismissed = KEYS[4], g
 local SEEN = KEYS[8]
 local FEED, HORIZON, GLOBAL_HORIZON = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 
-local function stale()
+-- the newest feed version used for this user when it is newer than this call's, else nil
+local function newer_seen()
   local seen = tonumber(redis.call('GET', SEEN) or '-1')
-  if seen > FEED then return true end
+  if seen > FEED then return seen end
   if seen < FEED then redis.call('SET', SEEN, ARGV[1], 'EX', 60) end
-  return false
+  return nil
 end
 
 local function drop(zset, ids)
@@ -223,7 +225,8 @@ local function state()
   return out
 end
 
-if stale() then return {0} end
+local seen = newer_seen()
+if seen then return {0, seen} end
 """
 
 # ARGV 4..: id, json, max_per_user, ttl_s. Stores the id unless the user has it already.
@@ -358,7 +361,7 @@ async def _plain(command: str, call: Callable[[], Awaitable[Any]], idempotent: b
     return await call()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class _Feed:
     """The feed slot as read by one call: what user scripts are computed against."""
 
@@ -379,7 +382,7 @@ class _Feed:
         return cls(int(reply[0]), key(last) if last else -1, {i: key(i) for i in ids}, json)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class _State:
     """A user's own state, as a user script answered it with its change."""
 
@@ -486,7 +489,12 @@ class RedisInbox(Inbox):
     ) -> dict[str, tuple[_Feed, list[Any]]]:
         """``script`` for each user against ``feed``: each user's answer with the feed it
         was computed against. Users whose call refused ``feed`` as older than one
-        already used for them run again against a feed read now."""
+        already used for them run again against a feed read now.
+
+        A feed read after such a refusal can only be older than the one refused if the
+        feed slot lost writes (a failover to a replica that had not got them): its
+        version is then raised to the newest one used, so that versions keep growing and
+        the calls do not refuse it again."""
         answers: dict[str, tuple[_Feed, list[Any]]] = {}
         todo = list(users)
         while todo:
@@ -496,9 +504,11 @@ class RedisInbox(Inbox):
                 send = functools.partial(self._pipeline, script, calls[start : start + BATCH])
                 replies += await self._run(command, send, True)
             answers.update((u, (feed, reply)) for u, reply in zip(todo, replies, strict=True) if reply[0] != 0)
-            todo = [u for u, reply in zip(todo, replies, strict=True) if reply[0] == 0]
-            if todo:
+            refused = {u: int(reply[1]) for u, reply in zip(todo, replies, strict=True) if reply[0] == 0}
+            if refused:
                 feed = await self._feed(now_ms, feed.json is not None)
+                feed = dataclasses.replace(feed, version=max(feed.version, *refused.values()))
+            todo = list(refused)
         return answers
 
     async def create(
