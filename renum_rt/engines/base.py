@@ -102,6 +102,10 @@ class Engine(abc.ABC):
     name: str = "abstract"
     #: ``EngineUnavailable`` raised so far (``/metrics`` reports it)
     failures: int = 0
+    #: fan-out messages, and their bytes, this node received from the store's live feed
+    #: (a cluster sends a node only the channels it listens to: these show it)
+    feed_messages: int = 0
+    feed_bytes: int = 0
     #: the users' notification inboxes, kept in the same store (``inbox.py``)
     inbox: Inbox
 

@@ -185,6 +185,8 @@ class RedisEngine(Engine):
         return node_client(cluster, cluster.get_random_node())
 
     def _fan_out(self, data: bytes) -> str | None:
+        self.feed_messages += 1
+        self.feed_bytes += len(data)
         return fan_out(data, self._on_event)
 
     def _control_message(self, data: bytes) -> None:

@@ -64,6 +64,7 @@ async def test_a_node_receives_only_the_channels_it_listens_to(
     assert feed_b.events[-1][:2] == ("team:a", later["team:a"])
     await feed_a.wait_for(lambda: len(feed_a.events) == 2)
     assert len(feed_b.events) == 2  # team:b's event reached no one: nobody listens to it
+    assert (a.feed_messages, b.feed_messages) == (2, 2)  # what each node's pub/sub link carried
 
 
 @pytest.mark.gen_test(timeout=20)
