@@ -165,11 +165,12 @@ class LoadGen:
 class RedisServer:
     """A private redis-server on a free port, in a temporary directory, pinned to the load core."""
 
-    def __init__(self, fsync: str = "always") -> None:
+    def __init__(self, fsync: str = "always", port: int | None = None, extra: tuple[str, ...] = ()) -> None:
+        """``extra``: more redis-server options (a cluster node's, say)."""
         exe = shutil.which("redis-server")
         if exe is None:
             raise RuntimeError("redis-server is not installed")
-        self.port = free_port()
+        self.port = port or free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="renum-bench-redis-"))
         args = [*taskset(LOAD_CORE), exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
                 "--save", "", "--daemonize", "no", "--logfile", str(self.dir / "redis.log")]
@@ -177,6 +178,7 @@ class RedisServer:
             args += ["--appendonly", "no"]
         else:
             args += ["--appendonly", "yes", "--appendfsync", fsync]
+        args += list(extra)
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True)
         self.url = f"redis://127.0.0.1:{self.port}/0"
