@@ -148,7 +148,7 @@ class RedisEngine(Engine):
         self._slots = asyncio.Semaphore(pool_size) if self._cluster else None
         #: the node-wide keys: one slot in a cluster
         self._g = f"{prefix}{{g}}" if self._cluster else prefix
-        self.inbox = RedisInbox(self._redis, prefix, inbox_limits, self._run)  # CLUSTER-PENDING
+        self.inbox = RedisInbox(self._redis, prefix, inbox_limits, self._run, cluster=self._cluster)
         self._control = f"{self._g}control".encode()
         self._audit = f"{self._g}audit"
         self._scripts = {name: self._redis.register_script(getattr(redis_lua, name)) for name in (
