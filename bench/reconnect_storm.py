@@ -6,7 +6,8 @@
 A private redis-server (``appendfsync always``) and renum-rt (bench/launch_renum.py, Redis
 engine, core 0, ``--lag-log-ms 20``). bench/storm_client.mjs (one Node process, core 1)
 holds --clients connections, one user each, and behaves like the Python SDK after a drop:
-it reconnects at once (then every 100-200 ms while refused), re-acks its last user-channel
+it reconnects on the contract's schedule (full jitter: within 0.5 s of the drop, then
+windows of 1, 2, 4... s while refused; --fast-retry: every 100-200 ms), re-acks its last user-channel
 id, resubscribes ``system`` with ``since`` = the last id it saw there, drops ids already
 seen, and acks its user channel once a second. This script (core 1) publishes all along
 through the HTTP API, in an open loop: every user gets one ``bench.storm`` event with a
@@ -65,6 +66,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--system-rate", type=float, default=1.0, help="system events per second (default 1)")
     p.add_argument("--steady", type=float, default=5.0, help="seconds of traffic before each restart (default 5)")
     p.add_argument("--timeout", type=float, default=60.0, help="max seconds for the clients to come back (default 60)")
+    p.add_argument("--fast-retry", action="store_true",
+                   help="clients retry every 100-200 ms instead of backing off (a herd that never backs off)")
     p.add_argument("--log-level", default="info", help="renum-rt log level (default info, as in production)")
     p.add_argument("--py-spy", metavar="PATH", help="py-spy executable (from a bench venv, never a package "
                    "dependency): profile each restarted node until every client is back (profile-<mode>.txt)")
@@ -183,20 +186,25 @@ def check_events(report: list[dict[str, Any]], pub: Publisher, groups: int) -> d
 
 
 def storm_figures(report: list[dict[str, Any]], storm: dict[str, Any]) -> dict[str, Any]:
-    """Per client, the session that ended at this restart: when it was live again."""
+    """Per client, the session that ended at this restart: when it was live again, after the
+    node was up and after its successful attempt (the server's share: the rest is the
+    client waiting on its backoff schedule)."""
     up_us, down_us = storm["up"] * 1e6, storm["down"] * 1e6
-    back, attempts, codes = [], [], {}
+    back, served, attempts, codes = [], [], [], {}
     for c in report:
-        for lost, _first, _welcome, live, tries, code, _replayed in c["sessions"]:
+        for lost, _first, _welcome, live, tries, code, _replayed, last in c["sessions"]:
             if lost >= down_us - 1e6 and lost <= up_us:
                 if live:
                     back.append((live - up_us) / 1e6)
+                    served.append((live - last) / 1e6)
                 attempts.append(tries)
                 codes[str(code)] = codes.get(str(code), 0) + 1
                 break
     return {"clients_back": len(back), "back_after_up_s": {"p50": rnd(percentile(back, 50), 2),
                                                            "p99": rnd(percentile(back, 99), 2),
                                                            "max": rnd(max(back, default=None), 2)},
+            "live_after_last_attempt_s": {"p50": rnd(percentile(served, 50), 2), "p99": rnd(percentile(served, 99), 2),
+                                          "max": rnd(max(served, default=None), 2)},
             "attempts": {"p50": percentile(attempts, 50), "max": max(attempts, default=None)}, "close_codes": codes}
 
 
@@ -226,7 +234,8 @@ def main() -> int:
         gen = LoadGen(port, outdir / "clients.log", script=common.BENCH / "storm_client.mjs")
         paths = outdir / "paths.json"
         paths.write_text(json.dumps([f"/ws?token={issue_token(secret, u, ttl_s=3600)}" for u in users]))
-        ready = gen.call({"cmd": "start", "paths_file": str(paths), "concurrency": 200}, "ready", timeout=600)
+        ready = gen.call({"cmd": "start", "paths_file": str(paths), "concurrency": 200, "fast": args.fast_retry},
+                         "ready", timeout=600)
         print(f"# {ready['ok']} clients live in {ready['ms']} ms", file=sys.stderr, flush=True)
         pub.stream("user", groups / args.user_period,
                    lambda k: {"event": "bench.storm", "users": users[k % groups::groups], "data": {"k": k}})

@@ -18,7 +18,9 @@
 // ids follow newer ones there; those are counted (out_of_order: what the SDK would drop).
 // An id seen on an earlier connection is a re-delivery (allowed: not acked yet); a user-
 // channel id twice on one connection a duplicate. Times: CLOCK_MONOTONIC µs, the bench's clock.
-// A lost connection is retried after 0-50 ms, then every 100-200 ms while refused.
+// A lost connection is retried on the contract's schedule (renum_rt/client/backoff.py): attempt
+// n waits a random time up to min(30 s, 0.5 s * 2^(n-1)), so all come back within 0.5 s of a
+// drop; with "fast": true in start, every 100-200 ms instead (a herd that never backs off).
 
 import net from "node:net";
 import crypto from "node:crypto";
@@ -57,6 +59,7 @@ function frame(opcode, text) {
 const clients = [];
 let readyWaiter = null;
 let liveCount = 0;
+let fast = false;
 
 class Client {
   constructor(index, path) {
@@ -83,14 +86,16 @@ class Client {
   }
 
   connect(lostAt, code) {
-    this.session = { lost: lostAt, first: 0, welcome: 0, live: 0, attempts: 0, code, replayed: 0 };
-    this.attempt();
+    this.session = { lost: lostAt, first: 0, last: 0, welcome: 0, live: 0, attempts: 0, code, replayed: 0 };
+    if (lostAt === 0) this.attempt(); // the first connection
+    else setTimeout(() => this.attempt(), fast ? Math.random() * 50 : Math.random() * 500);
   }
 
   attempt() {
     const s = this.session;
     s.attempts++;
-    if (!s.first) s.first = nowUs();
+    s.last = nowUs();
+    if (!s.first) s.first = s.last;
     const key = crypto.randomBytes(16).toString("base64");
     const sock = net.connect({ host: HOST, port: PORT });
     this.sock = sock;
@@ -121,8 +126,13 @@ class Client {
       this.connect(nowUs(), this.conn.closeCode ?? 1006);
       return;
     }
-    // refused or dropped before welcome: the server is not back yet
-    setTimeout(() => this.attempt(), this.session.attempts === 1 ? Math.random() * 50 : 100 + Math.random() * 100);
+    this.retry(); // refused or dropped before welcome: the server is not back yet
+  }
+
+  retry() {
+    const n = this.session.attempts; // attempts made in this session so far
+    const delay = fast ? 100 + Math.random() * 100 : Math.random() * Math.min(30000, 500 * 2 ** n);
+    setTimeout(() => this.attempt(), delay);
   }
 
   onData(chunk) {
@@ -240,6 +250,7 @@ function start(cmd) {
   const t0 = nowUs();
   let next = 0;
   const concurrency = cmd.concurrency || 200;
+  fast = !!cmd.fast;
   readyWaiter = () => {
     while (next < paths.length && next - liveCount < concurrency) {
       const c = new Client(next, paths[next++]);
@@ -276,8 +287,10 @@ function report(cmd) {
     dup_same_conn: c.dupSameConn,
     out_of_order: c.outOfOrder,
     errors: c.errors,
-    // [lost, first attempt, welcome, live, attempts, close code, replayed]; the current one last
-    sessions: [...c.sessions, c.session].map((s) => [s.lost, s.first, s.welcome, s.live, s.attempts, s.code, s.replayed]),
+    // [lost, first attempt, welcome, live, attempts, close code, replayed, last attempt]; the current one last
+    sessions: [...c.sessions, c.session].map((s) => [
+      s.lost, s.first, s.welcome, s.live, s.attempts, s.code, s.replayed, s.last,
+    ]),
   }));
   fs.writeFileSync(cmd.file, JSON.stringify(out));
   emit({ ev: "report", clients: out.length });
