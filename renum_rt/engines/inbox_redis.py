@@ -64,6 +64,7 @@ import redis.asyncio
 import ujson
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
+from redis.crc import key_slot
 from redis.exceptions import NoScriptError
 
 from ..ids import NOTIFICATION_SEQ as SEQ_PER_MS
@@ -167,51 +168,59 @@ redis.call('INCR', GV)
 return id
 """
 
-# ---------------------------------------------------------------- a user slot
-# KEYS: n, unread, read, dismissed, g, gb, v, seen. ARGV: the feed version, the user
-# horizon, the global horizon, then the operation's own. Every script answers {0, seen}
-# when its feed is older than the one (version ``seen``) already used for this user
-# (nothing changed: read the feed again), else {1, version, personal unread, boundary,
-# number of marks, then id, status per mark on a retained global id, then the
-# operation's own}.
+# ---------------------------------------------------------------- user slots
+# KEYS: n, unread, read, dismissed, g, gb, v, seen per user (every user of a call in one
+# slot: one user in a cluster, up to BATCH on one Redis). ARGV: the feed version, the
+# user horizon, the global horizon, then the operation's own. Each user's answer is
+# {0, seen} when the feed is older than the one (version ``seen``) already used for this
+# user (nothing changed for this user: read the feed again), else {1, version, personal
+# unread, boundary, number of marks, then id, status per mark on a retained global id};
+# the operation's own answer follows (scripts of one user only).
 
 _USER_LUA = _COMMON + r"""
-local u = {n = KEYS[1], unread = KEYS[2], read = KEYS[3], dismissed = KEYS[4], g = KEYS[5], gb = KEYS[6],
-           v = KEYS[7]}
-local SEEN = KEYS[8]
 local FEED, HORIZON, GLOBAL_HORIZON = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 
+-- the user whose keys start at KEYS[i], and its seen key
+local function user(i)
+  return {n = KEYS[i], unread = KEYS[i + 1], read = KEYS[i + 2], dismissed = KEYS[i + 3], g = KEYS[i + 4],
+          gb = KEYS[i + 5], v = KEYS[i + 6]}, KEYS[i + 7]
+end
+
 -- the newest feed version used for this user when it is newer than this call's, else nil
-local function newer_seen()
-  local seen = tonumber(redis.call('GET', SEEN) or '-1')
+local function newer_seen(key)
+  local seen = tonumber(redis.call('GET', key) or '-1')
   if seen > FEED then return seen end
-  if seen < FEED then redis.call('SET', SEEN, ARGV[1], 'EX', 60) end
+  if seen < FEED then redis.call('SET', key, ARGV[1], 'EX', 60) end
   return nil
 end
 
-local function drop(zset, ids)
+local function drop(u, zset, ids)
   if #ids > 0 then
     redis.call('ZREM', zset, unpack(ids))
     redis.call('HDEL', u.n, unpack(ids))
   end
 end
 
-local function expire_user()
+local function expire_user(u)
   for _, zset in ipairs({u.unread, u.read, u.dismissed}) do
-    drop(zset, redis.call('ZRANGEBYSCORE', zset, '-inf', '(' .. num(HORIZON)))
+    drop(u, zset, redis.call('ZRANGEBYSCORE', zset, '-inf', '(' .. num(HORIZON)))
   end
 end
 
-local function boundary() return tonumber(redis.call('GET', u.gb) or '-1') end
+local function boundary(u) return tonumber(redis.call('GET', u.gb) or '-1') end
 
-local function touch(ttl)
+local function touch(u, ttl)
   for _, k in pairs(u) do redis.call('EXPIRE', k, ttl) end
 end
 
--- the user's state (see above); forgets marks on global ids past their age
-local function state()
-  local out = {1, tonumber(redis.call('GET', u.v) or '0'), redis.call('ZCOUNT', u.unread, num(HORIZON), '+inf'),
-               boundary(), 0}
+-- appends the user's state (see above) to out; forgets marks on global ids past their age
+local function state(u, out)
+  out[#out + 1] = 1
+  out[#out + 1] = tonumber(redis.call('GET', u.v) or '0')
+  out[#out + 1] = redis.call('ZCOUNT', u.unread, num(HORIZON), '+inf')
+  out[#out + 1] = boundary(u)
+  local count = #out + 1
+  out[count] = 0
   local marks = redis.call('HGETALL', u.g)
   for i = 1, #marks, 2 do
     if score_of(marks[i]) < GLOBAL_HORIZON then
@@ -219,44 +228,70 @@ local function state()
     else
       out[#out + 1] = marks[i]
       out[#out + 1] = marks[i + 1]
-      out[5] = out[5] + 1
+      out[count] = out[count] + 1
     end
   end
   return out
 end
 
-local seen = newer_seen()
-if seen then return {0, seen} end
+-- runs change(u) for every user of the call whose feed is not too old; the answers
+local function each_user(change)
+  local out = {}
+  for i = 1, #KEYS, 8 do
+    local u, seen_key = user(i)
+    local seen = newer_seen(seen_key)
+    if seen then
+      out[#out + 1] = 0
+      out[#out + 1] = seen
+    else
+      change(u)
+      state(u, out)
+    end
+  end
+  return out
+end
 """
 
-# ARGV 4..: id, json, max_per_user, ttl_s. Stores the id unless the user has it already.
+# ARGV 4..: id, json, max_per_user, ttl_s. Each user stores the id unless it has it already.
 _STORE = _USER_LUA + r"""
 local id, cap = ARGV[4], tonumber(ARGV[6])
-if redis.call('HEXISTS', u.n, id) == 0 then
-  expire_user()
+return each_user(function(u)
+  if redis.call('HEXISTS', u.n, id) == 1 then return end
+  expire_user(u)
   redis.call('HSET', u.n, id, ARGV[5])
   redis.call('ZADD', u.unread, num(score_of(id)), id)
   local over = redis.call('ZCARD', u.unread) + redis.call('ZCARD', u.read) + redis.call('ZCARD', u.dismissed) - cap
   for _, zset in ipairs({u.dismissed, u.read, u.unread}) do
     if over <= 0 then break end
     local victims = redis.call('ZRANGE', zset, 0, over - 1)
-    drop(zset, victims)
+    drop(u, zset, victims)
     over = over - #victims
   end
   redis.call('INCR', u.v)
-  touch(ARGV[7])
-end
-return state()
+  touch(u, ARGV[7])
+end)
+"""
+
+# Each user's state.
+_COUNT = _USER_LUA + r"""
+return each_user(function(u) end)
+"""
+
+# The scripts of one user begin here.
+_ONE_USER_LUA = _USER_LUA + r"""
+local u, seen_key = user(1)
+local seen = newer_seen(seen_key)
+if seen then return {0, seen} end
 """
 
 # ARGV 4..: wanted statuses (space separated), below score ('' = none), limit.
 # Answers the state, then id, score, status, json per personal candidate.
-_LIST = _USER_LUA + r"""
+_LIST = _ONE_USER_LUA + r"""
 local wanted, below, limit = ARGV[4], ARGV[5], tonumber(ARGV[6])
-expire_user()
+expire_user(u)
 local top = '+inf'
 if below ~= '' then top = '(' .. below end
-local out = state()
+local out = state(u, {})
 for status in string.gmatch(wanted, '%S+') do
   local rows = redis.call('ZREVRANGEBYSCORE', u[status], top, '-inf', 'WITHSCORES', 'LIMIT', 0, limit + 1)
   for i = 1, #rows, 2 do
@@ -272,21 +307,21 @@ return out
 # ARGV 4..: status, ttl_s, '1' when a global id is unknown (the caller checked them
 # against the feed), ids... Answers {2, unknown personal ids...} (nothing changed), or
 # the state then the ids it changed.
-_MARK = _USER_LUA + r"""
+_MARK = _ONE_USER_LUA + r"""
 local target = ARGV[4]
-expire_user()
+expire_user(u)
 local unknown = {2}
 for i = 7, #ARGV do
   local id = ARGV[i]
   if string.sub(id, 1, 1) ~= 'g' and redis.call('HEXISTS', u.n, id) == 0 then unknown[#unknown + 1] = id end
 end
 if #unknown > 1 or ARGV[6] == '1' then return unknown end
-local gb = boundary()
-local changed, seen = {}, {}
+local gb = boundary(u)
+local changed, done = {}, {}
 for i = 7, #ARGV do
   local id = ARGV[i]
-  if not seen[id] then
-    seen[id] = true
+  if not done[id] then
+    done[id] = true
     if string.sub(id, 1, 1) == 'g' then
       local current = redis.call('HGET', u.g, id)
       if not current then current = score_of(id) <= gb and 'read' or 'unread' end
@@ -310,18 +345,18 @@ for i = 7, #ARGV do
 end
 if #changed > 0 then
   redis.call('INCR', u.v)
-  touch(ARGV[5])
+  touch(u, ARGV[5])
 end
-local out = state()
+local out = state(u, {})
 for _, id in ipairs(changed) do out[#out + 1] = id end
 return out
 """
 
 # ARGV 4..: upto score, ttl_s, the feed's global ids up to it. Answers the state, then
 # the ids it changed.
-_READ_ALL = _USER_LUA + r"""
+_READ_ALL = _ONE_USER_LUA + r"""
 local upto = ARGV[4]
-expire_user()
+expire_user(u)
 local changed = {}
 local rows = redis.call('ZRANGEBYSCORE', u.unread, '-inf', upto, 'WITHSCORES')
 for i = 1, #rows, 2 do
@@ -329,26 +364,22 @@ for i = 1, #rows, 2 do
   redis.call('ZADD', u.read, rows[i + 1], rows[i])
   changed[#changed + 1] = rows[i]
 end
-local gb = boundary()
+local gb = boundary(u)
 for i = 6, #ARGV do
   if score_of(ARGV[i]) > gb and not redis.call('HGET', u.g, ARGV[i]) then changed[#changed + 1] = ARGV[i] end
 end
 if tonumber(upto) > gb then redis.call('SET', u.gb, upto) end
 if #changed > 0 then
   redis.call('INCR', u.v)
-  touch(ARGV[5])
+  touch(u, ARGV[5])
 end
-local out = state()
+local out = state(u, {})
 for _, id in ipairs(changed) do out[#out + 1] = id end
 return out
 """
 
-# Answers the state.
-_COUNT = _USER_LUA + r"""
-return state()
-"""
-
-#: user script calls sent in one pipeline
+#: users per script call on one Redis (a cluster's calls have the users of one slot), and
+#: script calls per pipeline: so that no call holds Redis long
 BATCH = 200
 
 
@@ -359,6 +390,21 @@ Run = Callable[[str, Callable[[], Awaitable[Any]], bool], Awaitable[Any]]
 
 async def _plain(command: str, call: Callable[[], Awaitable[Any]], idempotent: bool) -> Any:
     return await call()
+
+
+def _split(reply: list[Any], users: int) -> list[list[Any]]:
+    """The answer of each user of a script call (the last one's with the operation's own)."""
+    parts, start = [], 0
+    for i in range(users):
+        if i == users - 1:
+            end = len(reply)
+        elif reply[start] == 0:
+            end = start + 2
+        else:
+            end = start + 5 + 2 * int(reply[start + 4])
+        parts.append(reply[start:end])
+        start = end
+    return parts
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -421,6 +467,7 @@ class RedisInbox(Inbox):
         self._redis = client
         self._limits = limits
         self._prefix = prefix
+        self._cluster = cluster
         #: the feed slot's keys: hash-tagged together in a cluster, the old names on one Redis
         self._g = f"{prefix}{{g}}ib:" if cluster else f"{prefix}ib:"
         self._shared = [self._g + k for k in ("seq", "g:z", "g:n", "g:v")]
@@ -433,9 +480,10 @@ class RedisInbox(Inbox):
         self._read_all = client.register_script(_READ_ALL)
         self._count = client.register_script(_COUNT)
 
-    def _user_keys(self, user: str) -> list[str]:
-        base = f"{self._prefix}ib:{{{user}}}:"
-        return [base + k for k in ("n", "unread", "read", "dismissed", "g", "gb", "v", "seen")]
+    def _user_keys(self, users: Sequence[str]) -> list[str]:
+        """The KEYS of a user script call: 8 per user."""
+        bases = [f"{self._prefix}ib:{{{user}}}:" for user in users]
+        return [base + k for base in bases for k in ("n", "unread", "read", "dismissed", "g", "gb", "v", "seen")]
 
     def _horizons(self, now_ms: int) -> tuple[int, int]:
         return (
@@ -478,6 +526,15 @@ class RedisInbox(Inbox):
                 raise reply
         return replies
 
+    def _calls(self, users: Sequence[str]) -> list[list[str]]:
+        """``users`` grouped into script calls: up to BATCH on one Redis; in a cluster,
+        those of one slot (rarely more than one)."""
+        groups: dict[int, list[str]] = {}
+        for user in users:
+            slot = key_slot(self._user_keys([user])[0].encode()) if self._cluster else 0
+            groups.setdefault(slot, []).append(user)
+        return [group[i : i + BATCH] for group in groups.values() for i in range(0, len(group), BATCH)]
+
     async def _per_user(
         self,
         command: str,
@@ -498,13 +555,19 @@ class RedisInbox(Inbox):
         answers: dict[str, tuple[_Feed, list[Any]]] = {}
         todo = list(users)
         while todo:
-            calls = [(self._user_keys(u), [feed.version, *self._horizons(now_ms), *args(feed)]) for u in todo]
+            calls = self._calls(todo)
+            common = [feed.version, *self._horizons(now_ms), *args(feed)]
             replies: list[Any] = []
             for start in range(0, len(calls), BATCH):
-                send = functools.partial(self._pipeline, script, calls[start : start + BATCH])
-                replies += await self._run(command, send, True)
-            answers.update((u, (feed, reply)) for u, reply in zip(todo, replies, strict=True) if reply[0] != 0)
-            refused = {u: int(reply[1]) for u, reply in zip(todo, replies, strict=True) if reply[0] == 0}
+                batch = [(self._user_keys(call), common) for call in calls[start : start + BATCH]]
+                replies += await self._run(command, functools.partial(self._pipeline, script, batch), True)
+            refused: dict[str, int] = {}
+            for call, reply in zip(calls, replies, strict=True):
+                for user, answer in zip(call, _split(reply, len(call)), strict=True):
+                    if answer[0] == 0:
+                        refused[user] = int(answer[1])
+                    else:
+                        answers[user] = (feed, answer)
             if refused:
                 feed = await self._feed(now_ms, feed.json is not None)
                 feed = dataclasses.replace(feed, version=max(feed.version, *refused.values()))
