@@ -15,6 +15,7 @@ Steps (each one calls an existing script with its flags, as a separate process):
   slow-consumer  bench/slow_consumer.py: one client stops reading during a broadcast to 500 others
   two-nodes    bench/two_nodes.py: two nodes on one private Redis, p99 on node B against node A
   storm        bench/reconnect_storm.py: 5,000 clients come back after SIGTERM and kill -9 (Redis)
+  scale-out    bench/scale_out.py: 3 nodes on one Redis vs on a 3-shard cluster, publishes/s, pub/sub in
 The servers: bare Tornado, pre-framed Tornado, renum-rt, websockets broadcast(),
 python-socketio + aiohttp, Node ws, Node socket.io 4 (the peers run from the bench's own
 venv and npm folder, bench/results/peers/, created on first use, never in the package's
@@ -254,6 +255,7 @@ def main() -> int:
         ("slow-consumer", [bench + "slow_consumer.py"], 400),
         ("two-nodes", [bench + "two_nodes.py"], 400),
         ("storm", [bench + "reconnect_storm.py"], 900),
+        ("scale-out", [bench + "scale_out.py"], 300),
     ]
     steps = []
     for name, argv, timeout in plan:
