@@ -25,8 +25,11 @@ one Redis keeps the key names it always had):
 | ``ib:{u}:v``              | string | version of this user's state                              |
 | ``ib:{u}:seen``           | string | the newest feed version a call for this user used (60 s)  |
 
-An operation is a call to the feed slot, then one script call per user slot (a
-non-transactional pipeline: one round trip per node). The first call reads the feed
+An operation is a call to the feed slot, then one script call per user slot (on one
+Redis, one per 200 users), sent in a non-transactional pipeline: one round trip per
+node. Compared with one script per operation, a create costs one more round trip (and
+one more write: the id), and a count of many users in a cluster one script call per
+user instead of per 200. The first call reads the feed
 (the retained global ids, its version, the last id handed out) and, for a create,
 hands out the id that every user of the create stores. Each user script gets the feed
 version it was computed against and answers the user's own state, read in the same
@@ -46,8 +49,9 @@ A create with an idempotency key is stored in three steps, each safe to repeat: 
 key is taken with the new id (marked pending), each user stores that id unless it has
 it already, then the key is marked done. A retry finds the key done (stores nothing,
 no counts) or pending (stores what is missing, with the first call's id and content,
-and answers every user's count so that they are told). Without a key, a retry of a
-step stores no second copy either: the id is handed out before any user stores it.
+and answers every user's count so that they are told; a user whose copy the cap or
+age removed in between gets it again). Without a key, a retry of a step stores no
+second copy either: the id is handed out before any user stores it.
 
 Scores are integers below 2^53, exact in Lua and in sorted sets; numbers are formatted
 with ``%.0f`` in the scripts so that none is written in exponent notation.
