@@ -236,7 +236,11 @@ ON_CLUSTER = pytest.mark.parametrize("inbox", ["cluster"], indirect=True)
 
 
 def users_on_every_node(cluster: RedisClusterServers, prefix: str, per_node: int = 2) -> list[str]:
-    """User names whose inbox slots fall on every primary, ``per_node`` on each."""
+    """User names whose inbox slots fall on every primary, ``per_node`` on each, then one
+    more in the first one's slot (users of one slot share a script call)."""
+    def slot(user: str) -> int:
+        return key_slot(f"{prefix}ib:{{{user}}}:n".encode())
+
     found: dict[int, list[str]] = {node.port: [] for node in cluster.nodes}
     for i in itertools.count():
         user = f"user-{i}"
@@ -244,8 +248,9 @@ def users_on_every_node(cluster: RedisClusterServers, prefix: str, per_node: int
         if len(users) < per_node:
             users.append(user)
         if all(len(users) == per_node for users in found.values()):
-            return [user for users in found.values() for user in users]
-    raise AssertionError("unreachable")
+            break
+    every = [user for users in found.values() for user in users]
+    return [*every, next(f"twin-{i}" for i in itertools.count() if slot(f"twin-{i}") == slot(every[0]))]
 
 
 @ON_CLUSTER
@@ -295,6 +300,7 @@ async def test_every_script_call_stays_within_one_slot(
     await inbox.unread(users, NOW)
     slots = [{key_slot(k.encode()) for k in keys} for keys in calls]
     assert len(calls) >= 2 * len(users) and all(len(s) == 1 for s in slots)  # a create and a count: one per user
+    assert any(len(keys) == 16 for keys in calls)  # the two users of one slot, in one call
     assert len({redis_cluster.node_of(keys[0]).port for keys in calls}) == len(redis_cluster.nodes)
 
 
