@@ -56,8 +56,8 @@ from typing import Any, TypeVar, cast
 import redis.asyncio
 import ujson
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ClusterDownError, NoScriptError, ResponseError, SlotNotCoveredError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..ids import format_id, parse_id
@@ -87,14 +87,16 @@ T = TypeVar("T")
 
 #: Errors that mean "Redis cannot be reached now" (``BusyLoadingError``, Redis still
 #: loading its data after a restart, is a ``ConnectionError``; so is "no free connection
-#: in the pool after ``POOL_WAIT_S``").
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+#: in the pool after ``POOL_WAIT_S``"; on a cluster, a slot whose shard is down or whose
+#: owner the client does not know yet).
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError, ClusterDownError, SlotNotCoveredError,
+                TryAgainError)
 #: Error codes of replies that mean "this Redis cannot take writes now": out of memory
 #: (``maxmemory`` with ``noeviction``), a read-only replica, a replica cut from its
 #: primary, too few replicas (``min-replicas-to-write``), a failed RDB save
-#: (``stop-writes-on-bgsave-error``), a script running too long, a cluster slot whose
-#: shard is down. (``LOADING`` is among the unreachable errors above.)
-_REFUSING = frozenset({"OOM", "READONLY", "MASTERDOWN", "NOREPLICAS", "MISCONF", "BUSY", "CLUSTERDOWN", "TRYAGAIN"})
+#: (``stop-writes-on-bgsave-error``), a script running too long. (``LOADING`` is among
+#: the unreachable errors above.)
+_REFUSING = frozenset({"OOM", "READONLY", "MASTERDOWN", "NOREPLICAS", "MISCONF", "BUSY"})
 #: the pause before the one retry of an idempotent command whose connection failed
 _RETRY_PAUSE_S = 0.05
 #: ``ping`` probes Redis (a write) at most this often; callers in between share the answer
