@@ -21,7 +21,7 @@ from .protocol.errors import CLOSE_POLICY, CLOSE_UNAUTHORIZED
 
 class Session:
     __slots__ = (
-        "id", "address", "settings", "identity", "channels", "granted", "connected_at", "last_active",
+        "id", "address", "settings", "identity", "channels", "_granted", "connected_at", "last_active",
         "bucket", "limited_in_row", "origin", "unread_version",
     )
 
@@ -34,14 +34,22 @@ class Session:
         self.settings = settings
         self.identity: Identity | None = None
         self.channels: set[str] = set()
-        #: channels opened with a subscription token (a ``refresh`` does not re-check them)
-        self.granted: set[str] = set()
+        self._granted: set[str] | None = None
         self.connected_at = now
         self.last_active = now
         self.bucket = TokenBucket(settings.rate, settings.burst, now)
         self.limited_in_row = 0
         #: version of the last ``unread_count`` sent: an older count is never sent after it
         self.unread_version = -1
+
+    @property
+    def granted(self) -> set[str]:
+        """Channels opened with a subscription token (a ``refresh`` does not re-check
+        them). Made on first use: most connections never use one, and an empty set takes
+        216 bytes (docs/benchmarks.md, section 1)."""
+        if self._granted is None:
+            self._granted = set()
+        return self._granted
 
     @property
     def user_id(self) -> str | None:

@@ -14,9 +14,11 @@ halves the CPU cost of a broadcast (docs/benchmarks.md).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import tornado.ioloop
@@ -41,7 +43,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
     def initialize(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self._identity: Identity | None = None
-        self._timer: object | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._counted_address: str | None = None
         #: log this connection's frames (``logs.TRACING`` decides), as of TRACING.version ``_traced``
         self._debug = False
@@ -55,7 +57,13 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.finish(ujson.dumps({"error": {"code": code, "message": message, **extra}}))
 
-    async def get(self, *args: Any, **kwargs: Any) -> None:
+    async def prepare(self) -> None:
+        """What must be refused before the upgrade. Here rather than in an override of
+        ``get``: Tornado's ``get`` runs for the connection's whole life, and an override
+        awaiting it would keep its own frame (with the token's text) alive as long, about
+        1 KB per connection (docs/benchmarks.md, section 1)."""
+        if self.request.method != "GET":
+            return  # Tornado answers 405
         origin = self.request.headers.get("Origin")
         if origin is not None and not self.gateway.settings.origin_allowed(origin, self.request.host):
             # the browser shows only a failed connection: the server's log says what to change
@@ -74,10 +82,9 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
                 self._identity = await self.gateway.access.identity(token)
             except AuthError as exc:
                 return self._refuse(401, "unauthorized", str(exc))
-        await super().get(*args, **kwargs)
 
     def check_origin(self, origin: str) -> bool:
-        return True  # checked in get(), with a JSON answer
+        return True  # checked in prepare(), with a JSON answer
 
     def select_subprotocol(self, subprotocols: list[str]) -> str | None:
         for proto in subprotocols:
@@ -101,11 +108,17 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         else:
             self._schedule(self.gateway.settings.auth_timeout_s, self._auth_deadline)
 
-    def _schedule(self, delay: float, callback: Any) -> None:
-        loop = tornado.ioloop.IOLoop.current()
+    def _schedule(self, delay: float, callback: Callable[[], None]) -> None:
+        """This connection's one timer (auth deadline, then token expiry), straight on the
+        asyncio loop: Tornado's ``call_later`` wraps each callback in two partials, about
+        200 bytes per idle connection (docs/benchmarks.md, section 1)."""
+        self._cancel_timer()
+        self._timer = asyncio.get_running_loop().call_later(max(0.0, delay), callback)
+
+    def _cancel_timer(self) -> None:
         if self._timer is not None:
-            loop.remove_timeout(self._timer)
-        self._timer = loop.call_later(max(0.0, delay), callback)
+            self._timer.cancel()
+            self._timer = None
 
     def _auth_deadline(self) -> None:
         if self.session.identity is None:
@@ -147,9 +160,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
             metrics.frames_in[frame.type] = metrics.frames_in.get(frame.type, 0) + 1
             if frame.type == "auth":
                 identity = await self.gateway.access.login(frame.fields["token"], frame.ref)
-                if self._timer is not None:
-                    tornado.ioloop.IOLoop.current().remove_timeout(self._timer)
-                    self._timer = None
+                self._cancel_timer()
                 await self._admit(identity)
             else:
                 await self.gateway.handle(self, frame)
@@ -179,9 +190,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
     def on_close(self) -> None:
         closes = self.gateway.metrics.closes
         closes[self.close_code] = closes.get(self.close_code, 0) + 1
-        if self._timer is not None:
-            tornado.ioloop.IOLoop.current().remove_timeout(self._timer)
-            self._timer = None
+        self._cancel_timer()
         if self._counted_address is not None:
             self.gateway.socket_closed(self._counted_address)
             self._counted_address = None

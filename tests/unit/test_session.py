@@ -324,3 +324,12 @@ def test_counters_and_initial_state() -> None:
     assert (s.id, s.address, s.origin, s.connected_at, s.last_active) == (
         "c1", "10.0.0.1", "https://app.example", T0, T0)
     assert s.channels == set() and s.granted == set() and s.user_id is None
+
+
+def test_granted_channels_are_kept_once_the_set_is_made_on_first_use() -> None:
+    s = session()
+    assert "team:t1" not in s.granted
+    s.granted.add("team:t1")
+    assert s.granted == {"team:t1"}
+    s.granted.discard("team:t1")
+    assert s.granted == set()
