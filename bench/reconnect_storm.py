@@ -157,7 +157,7 @@ def check_events(report: list[dict[str, Any]], pub: Publisher, groups: int) -> d
     accepted_j, unknown_j = pub.numbers("system", "accepted"), pub.numbers("system", "unknown")
     out = {"missing_user": 0, "missing_system": 0, "dup_user": 0, "dup_system": 0, "refused_delivered": 0,
            "dup_same_connection": 0, "redelivered_dropped": 0, "clients_with_gap": 0, "error_frames": {},
-           "out_of_order_user": 0, "out_of_order_system": 0}
+           "out_of_order_user": 0, "out_of_order_system": 0, "system_resubscribes_repeated": 0}
     for i, c in enumerate(report):
         mine = {k for k in accepted_k if k % groups == i % groups}
         maybe = {k for k in unknown_k if k % groups == i % groups}
@@ -172,6 +172,7 @@ def check_events(report: list[dict[str, Any]], pub: Publisher, groups: int) -> d
         out["redelivered_dropped"] += c["redelivered"]
         out["out_of_order_user"] += c["out_of_order"]["user"]
         out["out_of_order_system"] += c["out_of_order"]["system"]
+        out["system_resubscribes_repeated"] += c["resubscribes"]
         out["clients_with_gap"] += missing > 0
         for code, n in c["errors"].items():
             out["error_frames"][code] = out["error_frames"].get(code, 0) + n

@@ -16,6 +16,7 @@
 // "drop an event whose id you have already seen"), not just the last one as the Python
 // SDK does: after a reconnect, `system` is live before the `since` replay comes, so older
 // ids follow newer ones there; those are counted (out_of_order: what the SDK would drop).
+// A resubscribe answered with an error (unavailable) is sent again after up to 0.5 s.
 // An id seen on an earlier connection is a re-delivery (allowed: not acked yet); a user-
 // channel id twice on one connection a duplicate. Times: CLOCK_MONOTONIC µs, the bench's clock.
 // A lost connection is retried on the contract's schedule (renum_rt/client/backoff.py): attempt
@@ -80,6 +81,7 @@ class Client {
     this.redelivered = 0;
     this.dupSameConn = 0;
     this.errors = {}; // error frames by code
+    this.resubscribes = 0; // `subscribe` of system asked again after an error (the SDK does not)
     this.sessions = []; // [lost at, first attempt, welcome at, live at, attempts, close code, replayed]
     this.session = null;
     this.timer = null;
@@ -194,7 +196,8 @@ class Client {
         this.send({ type: "ack", channel: this.user, id: this.acked });
       }
       if (this.lastSystemId !== null) {
-        this.send({ type: "subscribe", channel: "system", since: this.lastSystemId, ref: "sys" });
+        this.since = this.lastSystemId;
+        this.send({ type: "subscribe", channel: "system", since: this.since, ref: "sys" });
       } else c.systemLeft = 0;
       this.timer = setInterval(() => this.ack(), ACK_EVERY_MS + Math.random() * 200);
       this.checkLive();
@@ -225,7 +228,16 @@ class Client {
       this.checkLive();
     } else if (f.type === "error") {
       this.errors[f.code] = (this.errors[f.code] || 0) + 1;
+      if (f.ref === "sys") this.resubscribe(); // refused (unavailable): ask again, or `system` has a gap
     }
+  }
+
+  resubscribe() {
+    const sock = this.sock;
+    this.resubscribes++;
+    setTimeout(() => {
+      if (sock === this.sock && this.open) this.send({ type: "subscribe", channel: "system", since: this.since, ref: "sys" });
+    }, Math.random() * 500);
   }
 
   checkLive() {
@@ -287,6 +299,7 @@ function report(cmd) {
     dup_same_conn: c.dupSameConn,
     out_of_order: c.outOfOrder,
     errors: c.errors,
+    resubscribes: c.resubscribes,
     // [lost, first attempt, welcome, live, attempts, close code, replayed, last attempt]; the current one last
     sessions: [...c.sessions, c.session].map((s) => [
       s.lost, s.first, s.welcome, s.live, s.attempts, s.code, s.replayed, s.last,
