@@ -41,8 +41,8 @@ async def test_system_events_missed_during_a_reconnect_arrive_in_id_order(
     missed = await announce(http_client, base_url, 2)  # while the client is away
     client = await connect(ws_url, token("u1"))  # welcome received: system is live again
     await announce(http_client, base_url, 3)  # before the client's resubscribe is served
+    order = [(await client.recv_type("event"))["id"]]  # live: newer than the missed one
     await client.send({"type": "subscribe", "channel": "system", "since": seen, "ref": "s"})
-    order = []
     while len(set(order)) < 2:  # the live one and the missed one, in the order they come
         frame = await client.recv_until(lambda f: f["type"] == "event", "system events")
         order.append(frame["id"])
