@@ -134,7 +134,11 @@ def start_node(port: int, env: dict[str, str], log: Path, log_level: str) -> tup
     """Start the node; return it and the time it answered /healthz."""
     proc = Proc([*common.taskset(SERVER_CORE), common.python(), str(common.BENCH / "launch_renum.py"), "--port",
                  str(port), "--log-level", log_level, "--lag-log-ms", "20"], log, env=env)
-    common.wait_http(f"http://127.0.0.1:{port}/healthz", timeout=30, proc=proc.proc)
+    try:  # a node swamped by the clients' retries may not answer at all
+        common.wait_http(f"http://127.0.0.1:{port}/healthz", timeout=60, proc=proc.proc)
+    except BaseException:
+        proc.stop()
+        raise
     return proc, time.monotonic()
 
 
