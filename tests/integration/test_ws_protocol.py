@@ -349,6 +349,27 @@ async def test_slow_consumer_is_closed_and_others_keep_receiving(
     stalled.close()
 
 
+@pytest.mark.settings(heartbeat_ms=100)
+@pytest.mark.gen_test(timeout=15)
+async def test_a_live_peer_is_pinged_every_heartbeat_by_one_timer_and_stays(ws_url: str, token: Any,
+                                                                              node: Any) -> None:
+    alive = await connect(ws_url, token("alive"))
+    conn = node.gateway.registry.of_user("alive")[0]
+    assert conn.ws_connection._ping_coroutine is None  # no Tornado ping task per connection
+    pongs: list[bytes] = []
+    answered = conn.on_pong
+
+    def counted(data: bytes) -> None:
+        pongs.append(data)
+        answered(data)
+
+    conn.on_pong = counted
+    await asyncio.sleep(0.55)
+    assert len(pongs) >= 3 and "alive" in node.gateway.registry.by_user
+    assert (await alive.request({"type": "ping"}))["type"] == "pong"
+    alive.close()
+
+
 @pytest.mark.settings(heartbeat_ms=200)
 @pytest.mark.gen_test(timeout=15)
 async def test_dead_peer_that_never_answers_pings_is_dropped(http_port: int, ws_url: str, token: Any,
