@@ -196,3 +196,17 @@ async def test_same_origin_is_allowed_by_default(ws_url: str, base_url: str, tok
     client = await connect(ws_url, token("u1"), headers={"Origin": base_url})
     assert (await client.request({"type": "ping"}))["type"] == "pong"
     client.close()
+
+
+@pytest.mark.gen_test
+async def test_an_open_connection_keeps_no_url_token(ws_url: str, token: Any, node: Any) -> None:
+    """Tornado keeps the upgrade request as long as the connection: its URL (which held
+    the token) is reduced to the path once the connection is open."""
+    secret = token("u8")
+    client = await connect(f"{ws_url}?token={secret}")
+    conn = node.gateway.registry.of_user("u8")[0]
+    request = conn.request
+    assert (request.uri, request.query, request.query_arguments, request.arguments) == ("/ws", "", {}, {})
+    assert secret not in repr(request)
+    assert (await client.request({"type": "ping"}))["type"] == "pong"
+    client.close()
