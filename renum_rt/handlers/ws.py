@@ -64,7 +64,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         """What must be refused before the upgrade. Here rather than in an override of
         ``get``: Tornado's ``get`` runs for the connection's whole life, and an override
         awaiting it would keep its own frame (with the token's text) alive as long, about
-        1 KB per connection (docs/benchmarks.md, section 1)."""
+        0.8 KB per connection (docs/benchmarks.md, section 1)."""
         if self.request.method != "GET":
             return  # Tornado answers 405
         origin = self.request.headers.get("Origin")
@@ -115,8 +115,8 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
 
     def _forget_query(self) -> None:
         """Tornado keeps the upgrade request for the connection's whole life, and its URL
-        carries the token (in ``uri``, ``query`` and the parsed arguments: about 500
-        bytes). Nothing reads them once the connection is open, so they are dropped: less
+        carries the token (in ``uri``, ``query`` and the parsed arguments: about 0.9
+        KB). Nothing reads them once the connection is open, so they are dropped: less
         memory per idle connection (docs/benchmarks.md, section 1), and no token left in
         the heap or in Tornado's error lines, which print ``request.uri``."""
         request = self.request
@@ -148,7 +148,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         (1000, "ping timed out"), else ping again; what Tornado's
         ``websocket_ping_interval`` does with an equal ping timeout, on one plain timer
         instead of an asyncio Task, its coroutine and a sleep Future per connection
-        (about 700 bytes per idle connection, docs/benchmarks.md section 1)."""
+        (about 1.1 KB per idle connection, docs/benchmarks.md section 1)."""
         self._pinger = None
         if self.is_closed():
             return
