@@ -27,13 +27,23 @@ from .inbox_memory import MemoryInbox
 _SWEEP_EVERY = 1024
 
 
+#: one retained event: its id's key, its id, ts, name and data
+Record = tuple[IdKey, str, int, str, dict[str, Any]]
+
+
 class _Stream:
-    """One channel's retained events, oldest first."""
+    """One channel's retained events, oldest first, as plain tuples (``Record``), made
+    into ``Event`` objects only when history is read.
+
+    Why tuples: one tuple per retained event is one object for the garbage collector to
+    walk, where a ``(key, Event)`` pair was two. While history grows, full collections
+    walk all of it again and again: they cost 5-7 µs per stored event with pairs and
+    3.5-4 µs with tuples (docs/benchmarks.md, section 2)."""
 
     __slots__ = ("events", "last", "trimmed")
 
     def __init__(self) -> None:
-        self.events: deque[tuple[IdKey, Event]] = deque()
+        self.events: deque[Record] = deque()
         self.last: IdKey = (0, 0)
         #: the greatest id retention dropped: history after an older id has a gap
         self.trimmed: IdKey = (0, 0)
@@ -90,7 +100,7 @@ class MemoryEngine(Engine):
             if answer is not None:
                 return answer
         now_ms = int(now * 1000)
-        stored: list[tuple[Event, bytes]] = []
+        stored: list[tuple[str, str, bytes]] = []
         tail = event_frame_tail(ts, name, data)
         for channel in channel_names:
             stream = self._streams.get(channel)
@@ -98,21 +108,21 @@ class MemoryEngine(Engine):
                 stream = self._streams[channel] = _Stream()
             key = next_id(stream.last, now_ms)
             stream.last = key
-            event = Event(channel, format_id(key), ts, name, data)
+            event_id = format_id(key)
             if channels.is_stored(channel):
-                stream.events.append((key, event))
+                stream.events.append((key, event_id, ts, name, data))
                 self._trim(stream, now_ms)
             if channels.keeps_latest(channel):
-                self._latest[channel] = event
-            stored.append((event, (event_frame_head(channel) + event.id + tail).encode()))
-        ids = {event.channel: event.id for event, _ in stored}
+                self._latest[channel] = Event(channel, event_id, ts, name, data)
+            stored.append((channel, event_id, (event_frame_head(channel) + event_id + tail).encode()))
+        ids = {channel: event_id for channel, event_id, _ in stored}
         if idempotency_key is not None:
             self._remember(idempotency_key, ids, now + ttl_s)
-        for event, frame in stored:
+        for channel, event_id, frame in stored:
             try:
-                self._on_event(event.channel, event.id, frame)
+                self._on_event(channel, event_id, frame)
             except Exception:  # the event is stored: a fan-out fault must not turn it into an error
-                log(logging.ERROR, "fan-out listener failed", channel=event.channel, exc_info=True)
+                log(logging.ERROR, "fan-out listener failed", channel=channel, exc_info=True)
         return ids
 
     def _answer(self, key: str, now: float) -> dict[str, str] | None:
@@ -134,11 +144,11 @@ class MemoryEngine(Engine):
             return Replay([], after is None)
         self._trim(stream, int(self._clock() * 1000))
         lower = after if after is not None else (-1, -1)
-        events = [event for key, event in stream.events if key > lower]
+        records = [record for record in stream.events if record[0] > lower]
         complete = after is None or (stream.trimmed <= after <= stream.last and after >= self._floor)
-        if len(events) > max(0, limit):
-            events, complete = (events[-limit:] if limit > 0 else []), False
-        return Replay(events, complete)
+        if len(records) > max(0, limit):
+            records, complete = (records[-limit:] if limit > 0 else []), False
+        return Replay([Event(channel, event_id, ts, name, data) for _, event_id, ts, name, data in records], complete)
 
     async def latest(self, channel: str) -> Event | None:
         return self._latest.get(channel)
