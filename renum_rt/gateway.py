@@ -62,6 +62,10 @@ class Gateway:
         self.subscriptions = Subscriptions(settings, engine, self.hub, self.metrics, self.is_open, self._spawn)
         self.notifications = Notifications(engine, self.registry, self._spawn, self.metrics)
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: admissions in progress at once: at most one per pooled Redis connection, so a
+        #: connect storm waits here, as long as it takes, instead of in the pool, where a
+        #: command fails after a few seconds and the client would be turned away
+        self._admitting = asyncio.Semaphore(settings.redis_pool_size)
         engine.set_listeners(self.metrics.timed_fanout(self.hub.deliver), self._on_control,
                              self.subscriptions.on_resync)
 
@@ -116,10 +120,15 @@ class Gateway:
     async def open(self, conn: Connection) -> None:
         """Admit an authenticated connection: per-user cap, then ``welcome`` (always the
         first frame), the durable user channel from its ack cursor, ``unread_count``, and
-        ``system``.
+        ``system``; at most ``redis_pool_size`` admissions at once, the others queued.
 
         A connection is never left live without its backlog: if the user channel cannot
         be read, it is closed with 1012 so that the client reconnects and resumes."""
+        async with self._admitting:
+            if not conn.is_closed():  # it may have left while queued
+                await self._admit(conn)
+
+    async def _admit(self, conn: Connection) -> None:
         session = conn.session
         identity = session.identity
         assert identity is not None

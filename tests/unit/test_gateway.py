@@ -262,3 +262,29 @@ async def test_a_burst_of_announcements_costs_at_most_two_recounts_and_ends_exac
     assert 1 <= len(calls) <= 2
     counts = [f["count"] for f in conn.frames if f["type"] == "unread_count"]
     assert counts[-1] == 20
+
+
+class CountingCursor(MemoryEngine):
+    """A store whose cursor read takes a loop turn or two, counting the reads in flight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_flight = self.most = 0
+
+    async def cursor(self, channel: str) -> str | None:
+        self.in_flight += 1
+        self.most = max(self.most, self.in_flight)
+        await asyncio.sleep(0.001)
+        self.in_flight -= 1
+        return await super().cursor(channel)
+
+
+@pytest.mark.gen_test
+async def test_a_connect_storm_is_admitted_a_pool_at_a_time_and_nobody_is_turned_away() -> None:
+    engine = CountingCursor()
+    g = Gateway(Settings(jwt_secret="s" * 32, redis_pool_size=8, max_connections_per_address=1000), engine,
+                Authenticator(TokenVerifier(SETTINGS)))
+    conns = [FakeConnection(f"u{i}") for i in range(100)]
+    await asyncio.gather(*(g.open(conn) for conn in conns))
+    assert engine.most == 8  # the store saw at most one admission per pooled connection
+    assert all(conn.frames[0]["type"] == "welcome" and not conn.closes for conn in conns)
