@@ -68,6 +68,23 @@ def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen[Any] | Non
     raise TimeoutError(f"{url} not ready after {timeout} s ({last})")
 
 
+def post_status(conn: Any, path: str, body: str, headers: dict[str, str]) -> str:
+    """POST ``body`` on a kept-alive ``http.client`` connection; the answer's status."""
+    conn.request("POST", path, body, headers)
+    response = conn.getresponse()
+    response.read()
+    return str(response.status)
+
+
+def run_threads(target: Any, count: int) -> None:
+    """``target(k)`` on ``count`` threads at once, until all return."""
+    threads = [threading.Thread(target=target, args=(k,)) for k in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def get_text(url: str, headers: dict[str, str] | None = None, timeout: float = 5.0) -> str:
     req = urllib.request.Request(url, headers=headers or {})
     with urllib.request.urlopen(req, timeout=timeout) as resp:

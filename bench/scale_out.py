@@ -159,19 +159,13 @@ def publish_load(ports: list[int], channels: list[str], api_key: str, senders: i
             conn = conns[n % len(conns)]
             n += 1
             body = json.dumps({"event": "bench.tick", "channel": rng.choice(channels), "data": {"n": n}})
-            conn.request("POST", "/api/v1/publish", body, headers)
-            response = conn.getresponse()
-            response.read()
+            status = common.post_status(conn, "/api/v1/publish", body, headers)
             with lock:
-                statuses[str(response.status)] = statuses.get(str(response.status), 0) + 1
+                statuses[status] = statuses.get(status, 0) + 1
         for conn in conns:
             conn.close()
 
-    threads = [threading.Thread(target=sender, args=(k,)) for k in range(senders)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    common.run_threads(sender, senders)
     return statuses
 
 

@@ -87,19 +87,13 @@ def publish_open_loop(port: int, api_key: str, rate: float, duration: float, con
                 time.sleep(max(0.0, due - time.monotonic()))
                 body = json.dumps({"event": "bench.tick", "channel": "system",
                                    "data": {"m": f"bt={int(due * 1e6)}"}})
-                conn.request("POST", "/api/v1/publish", body, headers)
-                response = conn.getresponse()
-                response.read()
+                status = common.post_status(conn, "/api/v1/publish", body, headers)
                 with lock:
-                    statuses[str(response.status)] = statuses.get(str(response.status), 0) + 1
+                    statuses[status] = statuses.get(status, 0) + 1
         finally:
             conn.close()
 
-    threads = [threading.Thread(target=sender, args=(k,)) for k in range(conns)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    common.run_threads(sender, conns)
     return statuses
 
 

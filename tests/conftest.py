@@ -41,20 +41,16 @@ def redis_server() -> Iterator[RedisServer]:
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[RedisClusterServers]:
     """A 3-primary Redis Cluster for the session (``.url`` is ``redis+cluster://...``)."""
-    cluster = RedisClusterServers()
-    cluster.start()
-    yield cluster
-    cluster.cleanup()
+    with RedisClusterServers.running() as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")
 def redis_sentinel() -> Iterator[RedisSentinelServers]:
     """A primary, a replica and three Sentinels for the session (``.url`` is
     ``redis+sentinel://.../renum``). Tests that fail it over use their own."""
-    servers = RedisSentinelServers()
-    servers.start()
-    yield servers
-    servers.cleanup()
+    with RedisSentinelServers.running() as servers:
+        yield servers
 
 
 @pytest.fixture

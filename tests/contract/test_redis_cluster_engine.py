@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from renum_rt.engines.base import EngineUnavailable
+from renum_rt.engines.base import Engine, EngineUnavailable
 from renum_rt.ids import parse_id
 from tests.support.redis_topologies import RedisClusterServers
 
@@ -28,10 +28,8 @@ TS = 1_700_000_000_000
 
 @pytest.fixture
 def own_cluster() -> Iterator[RedisClusterServers]:
-    cluster = RedisClusterServers()
-    cluster.start()
-    yield cluster
-    cluster.cleanup()
+    with RedisClusterServers.running() as cluster:
+        yield cluster
 
 
 def users_on_every_shard(cluster: RedisClusterServers, prefix: str, count: int) -> list[str]:
@@ -40,6 +38,16 @@ def users_on_every_shard(cluster: RedisClusterServers, prefix: str, count: int) 
     shards = {cluster.node_of(f"{prefix}s:{{{c}}}").port for c in channels}
     assert len(shards) == len(cluster.nodes)
     return channels
+
+
+async def listening(open_engine: OpenEngine, cluster: RedisClusterServers, prefix: str,
+                    feed: Feed) -> tuple[Engine, list[str]]:
+    """An engine on ``cluster`` listening to 30 user channels spread over every shard."""
+    engine = await open_engine("cluster", feed, url=cluster.url)
+    channels = users_on_every_shard(cluster, prefix, 30)
+    for channel in channels:
+        await engine.listen(channel)
+    return engine, channels
 
 
 @pytest.mark.gen_test(timeout=20)
@@ -72,10 +80,7 @@ async def test_a_publish_across_slots_is_stored_once_per_channel_and_answered_wh
     io_loop: object, redis_cluster: RedisClusterServers, open_engine: OpenEngine, prefix: str
 ) -> None:
     feed = Feed()
-    engine = await open_engine("cluster", feed, url=redis_cluster.url)
-    channels = users_on_every_shard(redis_cluster, prefix, 30)
-    for channel in channels:
-        await engine.listen(channel)
+    engine, channels = await listening(open_engine, redis_cluster, prefix, feed)
     ids = await engine.publish(channels, "n", {"x": 1}, TS, idempotency_key="k", ttl_s=60)
     assert sorted(ids) == sorted(channels)
     assert await engine.publish(channels, "n", {"x": 1}, TS, idempotency_key="k", ttl_s=60) == ids
@@ -114,10 +119,7 @@ async def test_a_killed_shard_resyncs_only_its_channels_and_feeds_them_again(
     io_loop: object, own_cluster: RedisClusterServers, open_engine: OpenEngine, prefix: str
 ) -> None:
     feed = Feed()
-    engine = await open_engine("cluster", feed, url=own_cluster.url)
-    channels = users_on_every_shard(own_cluster, prefix, 30)
-    for channel in channels:
-        await engine.listen(channel)
+    engine, channels = await listening(open_engine, own_cluster, prefix, feed)
     seen = await engine.publish(channels, "n", {}, TS)
     await feed.wait_for(lambda: len(feed.events) == len(channels))
     down = own_cluster.node_of(f"{prefix}s:{{{channels[0]}}}")

@@ -70,9 +70,7 @@ def spread(cluster: RedisClusterServers, kind: str, per_shard: int) -> list[str]
 async def test_two_gateways_on_a_cluster_lose_nothing_when_a_shard_primary_is_killed(
     nodes: list[ServerProcess],
 ) -> None:
-    cluster = RedisClusterServers()
-    try:
-        cluster.start()
+    with RedisClusterServers.running() as cluster:
         a, b = (ServerProcess(env(cluster.url)).start() for _ in range(2))
         nodes += [a, b]
         teams, users = spread(cluster, "team", 3), spread(cluster, "user", 3)
@@ -115,15 +113,11 @@ async def test_two_gateways_on_a_cluster_lose_nothing_when_a_shard_primary_is_ki
             await follower.stop()
         for client in clients:
             await client.close()
-    finally:
-        cluster.cleanup()
 
 
 @pytest.mark.gen_test(timeout=90)
 async def test_a_sentinel_failover_under_load_loses_no_accepted_event(nodes: list[ServerProcess]) -> None:
-    servers = RedisSentinelServers()
-    try:
-        servers.start()
+    with RedisSentinelServers.running() as servers:
         node = ServerProcess(env(servers.url, RENUM_RT_REDIS_WAIT_REPLICAS="1")).start()
         nodes.append(node)
         team = f"team:{uuid.uuid4().hex[:8]}"
@@ -150,5 +144,3 @@ async def test_a_sentinel_failover_under_load_loses_no_accepted_event(nodes: lis
         replayed = await drain(late, team, until=accepted[-1])
         assert set(accepted[1:]) <= set(replayed) and len(replayed) == len(set(replayed))
         late.close()
-    finally:
-        servers.cleanup()

@@ -10,11 +10,12 @@ Readiness is polled, never slept for.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import redis
 
@@ -106,6 +107,17 @@ class RedisClusterServers:
         for node in self.nodes:
             node.cleanup()
 
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls) -> Iterator[RedisClusterServers]:
+        """A started cluster, cleaned up on exit."""
+        cluster = cls()
+        try:
+            cluster.start()
+            yield cluster
+        finally:
+            cluster.cleanup()
+
 
 class RedisSentinelServers:
     """A primary, one replica, and three Sentinels watching them as ``PRIMARY_NAME``
@@ -157,3 +169,14 @@ class RedisSentinelServers:
     def cleanup(self) -> None:
         for server in [*self.sentinels, self.replica, self.primary]:
             server.cleanup()
+
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls) -> Iterator[RedisSentinelServers]:
+        """Started servers, cleaned up on exit."""
+        servers = cls()
+        try:
+            servers.start()
+            yield servers
+        finally:
+            servers.cleanup()
