@@ -99,7 +99,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
 
     async def open(self, *args: Any, **kwargs: Any) -> None:
         self.set_nodelay(True)  # small frames must not wait for Nagle + delayed ACK (~40 ms)
-        self._pinger = asyncio.get_running_loop().call_later(self.gateway.settings.heartbeat_ms / 1000, self._heartbeat)
+        self._ping_later()
         self.session = Session(uuid.uuid4().hex, self.request.remote_ip or "?", self.gateway.settings, time.time(),
                                self.request.headers.get("Origin"))
         self._forget_query()
@@ -157,6 +157,9 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
             return
         self._pong_due = True
         self.ping()
+        self._ping_later()
+
+    def _ping_later(self) -> None:
         self._pinger = asyncio.get_running_loop().call_later(self.gateway.settings.heartbeat_ms / 1000,
                                                              self._heartbeat)
 
