@@ -27,8 +27,9 @@ names are as below. A cluster keeps a publish's answer per slot, under
 | ``audit``              | list   | admin actions (JSON), newest first, capped at ``AUDIT_MAX``    |
 
 Fan-out: with one primary, the pub/sub channel ``fanout`` carries one message per
-publish to every node (``redis_feed.py``); in a cluster each channel has its own shard
-channel and a node receives only those its clients use (``redis_shards.py``).
+script call (a publish, or every publish of a loop turn) to every node
+(``redis_feed.py``); in a cluster each channel has its own shard channel and a node
+receives only those its clients use (``redis_shards.py``).
 ``control`` carries JSON to every node. Streams, latest states, id counters and
 cursors expire ``max_age_s`` after their last write, so idle channels vanish.
 

@@ -1,10 +1,11 @@
 """The live feed from Redis pub/sub: one connection kept subscribed to a fixed set of
 channels (``ChannelFeed``), and the fan-out message format shared by every topology.
 
-A fan-out message is the event frame's tail, then a channel line and an id line per
-channel (``tail \\n channel \\n id [\\n channel \\n id ...]``). Each node builds each
-channel's frame from those parts (``event_frame_head(channel) + id + tail``): the
-payload is never encoded again.
+A fan-out message holds one or more events (those one script call stored), separated by
+an empty line; each is the event frame's tail, then a channel line and an id line per
+channel (``tail \\n channel \\n id [\\n channel \\n id ...]``; JSON has no raw newline).
+Each node builds each channel's frame from those parts (``event_frame_head(channel) + id
++ tail``): the payload is never encoded again.
 
 ``ChannelFeed`` is the feed of one primary (``fanout`` and ``control``) and, in a
 cluster, the feed of ``control`` alone. After any interruption it subscribes again with
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -64,17 +66,23 @@ async def redis_mark(client: redis.asyncio.Redis) -> str:
     return f"{seconds * 1000 + micros // 1000}-0"
 
 
+@functools.lru_cache(maxsize=4096)
+def _head(channel: str) -> bytes:
+    return event_frame_head(channel).encode()
+
+
 def fan_out(data: bytes, on_event: EventListener) -> str | None:
-    """Hand each channel of one fan-out message to ``on_event``; return the last id. One
-    channel's failing listener must not cost the others their event."""
-    tail, *targets = data.split(b"\n")
+    """Hand each event and channel of one fan-out message to ``on_event``; return the last
+    id. One channel's failing listener must not cost the others their event."""
     last = None
-    for channel_bytes, id_bytes in zip(targets[::2], targets[1::2], strict=True):
-        channel, last = channel_bytes.decode(), id_bytes.decode()
-        try:
-            on_event(channel, last, event_frame_head(channel).encode() + id_bytes + tail)
-        except Exception:
-            log(logging.ERROR, "engine listener failed", channel=channel, exc_info=True)
+    for event in data.split(b"\n\n"):
+        tail, *targets = event.split(b"\n")
+        for channel_bytes, id_bytes in zip(targets[::2], targets[1::2], strict=True):
+            channel, last = channel_bytes.decode(), id_bytes.decode()
+            try:
+                on_event(channel, last, _head(channel) + id_bytes + tail)
+            except Exception:
+                log(logging.ERROR, "engine listener failed", channel=channel, exc_info=True)
     return last
 
 

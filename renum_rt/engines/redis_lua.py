@@ -27,9 +27,11 @@ end
 # channel and mode ('s' stored, 'l' stored + latest, 'c' live only). KEYS: per event,
 # per channel its stream (or id counter), then its latest hash if it keeps one; last,
 # with an idempotency key, the key's answer. Each event's storing, its answer and its
-# one PUBLISH (the frame tail, then a channel and id line per channel; in a cluster, one
-# SPUBLISH per channel to ``<shard prefix>{<channel>}``, in the channel's slot, with the
-# tail, that channel and its id) happen together
+# fan-out (one PUBLISH for the whole group: per event the frame tail, then a channel and
+# id line per channel, events separated by an empty line, since a node parsing one message
+# per event spent most of its time in the pub/sub reader; in a cluster, one SPUBLISH per
+# channel to ``<shard prefix>{<channel>}``, in the channel's slot, with the tail, that
+# channel and its id) happen together
 # and in group order, so live order is stream order and a key never holds a half
 # answer; an event whose key already holds an answer (an earlier publish, or an earlier
 # event of this group) stores nothing. Returns per event {the answer JSON already kept
@@ -39,7 +41,7 @@ PUBLISH = HELPERS + r"""
 local fanout, shard = ARGV[1], ARGV[2]
 local max_len, max_age = tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = now_ms()
-local out, k, a = {}, 1, 5
+local out, k, a, published = {}, 1, 5, {}
 while a <= #ARGV do
   local tail, name, data, ts = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local ttl, first = tonumber(ARGV[a + 4]), a + 6
@@ -85,12 +87,13 @@ while a <= #ARGV do
       answer[channel] = id
     end
     if ttl > 0 then redis.call('SET', KEYS[k], cjson.encode(answer), 'EX', ttl) end
-    if fanout ~= '' then redis.call('PUBLISH', fanout, table.concat(lines, '\n')) end
+    published[#published + 1] = table.concat(lines, '\n')
     out[#out + 1] = ids
     k = k - span
   end
   k = k + span + (ttl > 0 and 1 or 0)
 end
+if fanout ~= '' and #published > 0 then redis.call('PUBLISH', fanout, table.concat(published, '\n\n')) end
 return out
 """
 

@@ -445,3 +445,19 @@ async def test_wait_replicas_refuses_a_publish_no_replica_confirmed(
         await engine.publish(["team:t1"], "n", {}, TS, idempotency_key="k", ttl_s=60)
     (line,) = engine_log.lines("engine unavailable")
     assert line["command"] == "wait" and "0 of 1 replicas" in line["reason"]
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_the_publishes_of_one_loop_turn_reach_every_node_as_one_message(
+    io_loop: object, redis_server: RedisServer, open_engine: OpenEngine
+) -> None:
+    feed_a, feed_b = Feed(), Feed()
+    a = await open_engine("redis", feed_a, url=redis_server.url)
+    b = await open_engine("redis", feed_b, url=redis_server.url)
+    batch = [Publication(["team:t1", "user:u1"], "n", {"i": i, "text": "two\nlines"}, TS) for i in range(5)]
+    answers = await asyncio.gather(a.publish_batch(batch), a.publish(["team:t2"], "n", {}, TS))
+    expected = [(c, ids[c]) for ids in [*answers[0], answers[1]] for c in ids]
+    await feed_b.wait_for(lambda: len(feed_b.events) == 11)
+    assert [(c, i) for c, i, _ in feed_b.events] == expected  # in stored order
+    assert feed_b.events[0][2] == protocol.event_frame("team:t1", expected[0][1], TS, "n", batch[0].data)
+    assert b.feed_messages == 1  # the whole group: one pub/sub message to parse, not six
