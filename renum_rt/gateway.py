@@ -120,10 +120,12 @@ class Gateway:
     async def open(self, conn: Connection) -> None:
         """Admit an authenticated connection: per-user cap, then ``welcome`` (always the
         first frame), the durable user channel from its ack cursor, ``unread_count``, and
-        ``system``; at most ``redis_pool_size`` admissions at once, the others queued.
+        ``system`` (live, or replayed after the client's ``system_since`` first); at most
+        ``redis_pool_size`` admissions at once, the others queued.
 
-        A connection is never left live without its backlog: if the user channel cannot
-        be read, it is closed with 1012 so that the client reconnects and resumes."""
+        A connection is never left live without its backlog: if the user channel (or,
+        with ``system_since``, ``system``) cannot be read, it is closed with 1012 so that
+        the client reconnects and resumes."""
         async with self._admitting:
             if not conn.is_closed():  # it may have left while queued
                 await self._admit(conn)
@@ -152,22 +154,41 @@ class Gateway:
         log(logging.INFO, "connect", conn=session.id, user=identity.user_id, ip=session.address,
             admin=identity.is_admin)
         hub = self.hub
-        hub.warm(conn, channels.SYSTEM)  # system events wait until welcome and the backlog are out
+        # where the client resumes ``system`` (read once: the session keeps no copy)
+        since, session.system_since = session.system_since, None
+        if since is None:
+            hub.warm(conn, channels.SYSTEM)  # system events wait until welcome and the backlog are out
         own = channels.user_channel(identity.user_id)
         try:
-            await self.engine.listen(channels.SYSTEM)
+            if since is None:
+                await self.engine.listen(channels.SYSTEM)
             cursor = await self.engine.cursor(own)
             if cursor is not None and not is_valid_id(cursor):  # never lock a user out over a bad cursor
                 log(logging.WARNING, "bad ack cursor ignored", conn=session.id, user=identity.user_id)
                 cursor = None
             await self.subscriptions.attach(conn, own, since=cursor, history=True, announce=session.welcome())
             unread = (await self.engine.inbox.unread([identity.user_id], int(time.time() * 1000)))[identity.user_id]
+            if not self.is_open(conn):
+                hub.remove(conn, channels.SYSTEM)
+                return
+            if unread.version > session.unread_version:  # a newer count may have been pushed meanwhile
+                session.unread_version = unread.version
+                conn.send({"type": "unread_count", "count": unread.count})
+            if since is None:
+                session.channels.add(channels.SYSTEM)
+                self.subscriptions.flush(conn, hub.go_live(conn, channels.SYSTEM, None))
+            else:
+                # what the client missed on ``system`` (announced like the reply to a
+                # ``subscribe`` with ``since``), then live events: attach buffers those
+                # published meanwhile, so each comes once and in id order, after the
+                # user's backlog as at any connect
+                announce = {"type": "subscribed", "ref": None, "channel": channels.SYSTEM}
+                await self.subscriptions.attach(conn, channels.SYSTEM, since=since, history=True, announce=announce)
         except (EngineUnavailable, ProtocolError):
             hub.remove(conn, channels.SYSTEM)
             if self.is_open(conn):
                 conn.send(unavailable().frame())
                 conn.close(CLOSE_RESTART, "the event store is unreachable; reconnect")
-            return
         except Exception:
             # handled here, not raised: Tornado would drop a socket whose ``open`` raised
             # without ``on_close``, and with it the release of every count it holds
@@ -175,18 +196,9 @@ class Gateway:
             self.metrics.internal_errors += 1
             hub.remove(conn, channels.SYSTEM)
             conn.close(CLOSE_RESTART, "internal error; reconnect")
-            return
         except BaseException:  # cancelled: the node is stopping
             hub.remove(conn, channels.SYSTEM)
             raise
-        if self.is_open(conn):
-            if unread.version > session.unread_version:  # a newer count may have been pushed meanwhile
-                session.unread_version = unread.version
-                conn.send({"type": "unread_count", "count": unread.count})
-            session.channels.add(channels.SYSTEM)
-            self.subscriptions.flush(conn, hub.go_live(conn, channels.SYSTEM, None))
-        else:
-            hub.remove(conn, channels.SYSTEM)
 
     def closed(self, conn: Connection, code: int | None, reason: str | None) -> None:
         """Forget a connection that went away (whoever closed it)."""

@@ -22,7 +22,7 @@ from .protocol.errors import CLOSE_POLICY, CLOSE_UNAUTHORIZED
 class Session:
     __slots__ = (
         "id", "address", "settings", "identity", "channels", "_granted", "connected_at", "last_active",
-        "bucket", "limited_in_row", "origin", "unread_version",
+        "bucket", "limited_in_row", "origin", "unread_version", "system_since",
     )
 
     def __init__(
@@ -41,6 +41,10 @@ class Session:
         self.limited_in_row = 0
         #: version of the last ``unread_count`` sent: an older count is never sent after it
         self.unread_version = -1
+        #: the last ``system`` event id the client kept (``system_since`` on the URL or in
+        #: ``auth``): admission replays ``system`` after it before the channel goes live, so
+        #: that a reconnecting client gets what it missed in id order (None: live from now)
+        self.system_since: str | None = None
 
     @property
     def granted(self) -> set[str]:

@@ -178,6 +178,7 @@ class Connection {
     this._interest = new Map(); // channel -> Set of tab ids that need it
     this._tokens = new Map(); // channel -> the subscription token to present
     this._since = new Map(); // channel -> last id received: where a new socket resumes
+    this._resumed = undefined; // the `system_since` of the current socket's auth frame
     this._retries = new Map(); // channel -> timer of a subscribe to try again
     this._onOnline = () => this._online();
     this._onOffline = () => this._offline();
@@ -322,7 +323,12 @@ class Connection {
     // A socket can hang in CONNECTING for minutes (a dead proxy); give up and count an attempt.
     this._connectTimer = setTimeout(() => this._drop(ws), this._opts.connectTimeoutMs);
     // The token goes in the first frame, not in the URL, so it never lands in access logs.
-    ws.onopen = () => ws.send(JSON.stringify({ type: "auth", token }));
+    // With it, where `system` resumes: the server replays what was missed on it before it
+    // goes live, so nothing newer overtakes the missed events (which would then be dropped).
+    ws.onopen = () => {
+      this._resumed = this._since.get("system");
+      ws.send(JSON.stringify(this._resumed ? { type: "auth", token, system_since: this._resumed } : { type: "auth", token }));
+    };
     ws.onmessage = (message) => this._message(message.data);
     ws.onclose = (close) => {
       if (this._ws === ws) this._ended(close.code);
@@ -483,8 +489,9 @@ class Connection {
     const own = `user:${this._userId}`;
     for (const channel of new Set([...this._interest.keys(), "system"])) {
       const since = this._since.get(channel);
-      // the server subscribes these two itself: own from its ack cursor, `system` live
-      if (channel === own || (channel === "system" && !since)) continue;
+      // the server subscribes these two itself: own from its ack cursor, `system` from the
+      // auth frame's `system_since` (asked again only if a tab that joined since saw less)
+      if (channel === own || (channel === "system" && since === this._resumed)) continue;
       this._sendSubscribe(channel, since, {});
     }
   }

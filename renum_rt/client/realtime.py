@@ -6,7 +6,8 @@ to client libraries rather than to raw sockets:
 
 - no event missed or doubled across reconnections: the client keeps the last event id
   of every channel, drops an event whose id it has already seen, and re-subscribes
-  each channel with ``since=<last id>`` after reconnecting;
+  each channel with ``since=<last id>`` after reconnecting (``system``, which the server
+  subscribes at connect, resumes from the ``system_since`` of the connection instead);
 - durable ``user:`` events acknowledged only after the application processed them;
 - reconnection on the contract's backoff schedule, with the behaviour its close-code
   table prescribes (stop, reconnect, or ask once for a fresh token).
@@ -362,10 +363,14 @@ class RealtimeClient:
             return _Session(None, f"token provider failed: {exc!r}")
         if not token:
             return _Session(CLOSE_UNAUTHORIZED, "the token provider gave no token")
+        # where ``system`` resumes: the server replays it from there before it goes live,
+        # so that what was missed comes in id order (a resubscription after ``welcome``
+        # would come after announcements published meanwhile, and be dropped as old)
+        resume = {"system_since": format_id(self._last[SYSTEM])} if SYSTEM in self._last else {}
         url = self.url
         if not self._send_auth_frame:
             parts = urllib.parse.urlsplit(url)
-            query = urllib.parse.urlencode([*urllib.parse.parse_qsl(parts.query), ("token", token)])
+            query = urllib.parse.urlencode([*urllib.parse.parse_qsl(parts.query), *resume.items(), ("token", token)])
             url = urllib.parse.urlunsplit(parts._replace(query=query))
         try:
             conn = await websocket_connect(
@@ -387,7 +392,7 @@ class RealtimeClient:
         session = _Session()
         try:
             if self._send_auth_frame:
-                conn.write_message(ujson.dumps({"type": "auth", "token": token}))
+                conn.write_message(ujson.dumps({"type": "auth", "token": token, **resume}))
             while True:
                 message = await conn.read_message()
                 if message is None:
@@ -435,9 +440,9 @@ class RealtimeClient:
     def _on_welcome(self, frame: dict[str, Any]) -> None:
         """Connected: re-acknowledge, then re-subscribe every channel from its last id.
 
-        The server subscribes ``user:<me>`` (from the ack cursor) and ``system`` (live)
-        by itself; ``system`` is subscribed again with ``since`` so that announcements
-        sent while the client was away are not missed.
+        The server subscribes ``user:<me>`` (from the ack cursor) and ``system`` (from
+        the ``system_since`` this connection was opened with) by itself: neither is
+        subscribed again.
         """
         self.welcome = frame
         self.user_id = frame.get("user_id")
@@ -446,10 +451,9 @@ class RealtimeClient:
         own = f"user:{self.user_id}"
         if self.auto_ack and own in self._processed:  # an ack sent just before a drop may have been lost
             self._send({"type": "ack", "channel": own, "id": self._processed[own]})
-        channels = dict(self._subs)
-        if SYSTEM in self._last:  # subscribed at connect, but from now on: ask for what was missed
-            channels.setdefault(SYSTEM, None)
-        for channel, token in channels.items():
+        for channel, token in dict(self._subs).items():
+            if channel == SYSTEM:
+                continue
             _, future = self._send_subscribe(channel, token)
             future.add_done_callback(functools.partial(self._resubscribed, channel))
 

@@ -2,8 +2,8 @@
 
 Before the upgrade it refuses, with an HTTP status and a JSON body, what must never
 become a connection: a foreign ``Origin``, a protocol version the server does not
-speak, a bad token on the URL. After it, every message goes through the session (size,
-rate, validation) and then the gateway; every failure is an ``error`` frame, and only
+speak, a bad token or ``system_since`` on the URL. After it, every message goes through
+the session (size, rate, validation) and then the gateway; every failure is an ``error`` frame, and only
 the close codes of the contract end a connection. Writes bypass ``write_message``:
 frames are built once and queued on the stream, and a client that lets more than
 ``max_write_buffer_bytes`` pile up is closed as a slow consumer instead of growing the
@@ -28,6 +28,7 @@ import ujson
 from ..auth import AuthError
 from ..channels import Identity
 from ..gateway import RECONNECT_AFTER_MS, Gateway, Refused
+from ..ids import is_valid_id
 from ..logs import TRACING, log, log_frame, redact_frame
 from ..protocol import SUBPROTOCOLS, ProtocolError, encode
 from ..protocol.errors import CLOSE_POLICY, CLOSE_TOO_MANY, CLOSE_UNAUTHORIZED
@@ -79,6 +80,10 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         if versions and not any(p in SUBPROTOCOLS for p in versions):
             return self._refuse(400, "unsupported_version", f"this server speaks {', '.join(SUBPROTOCOLS)}",
                                 supported=list(SUBPROTOCOLS))
+        system_since = self.get_query_argument("system_since", None)
+        if system_since is not None and not is_valid_id(system_since):
+            return self._refuse(400, "bad_request", "system_since must be an event id such as \"1700000000000-0\"",
+                                field="system_since")
         token = self.get_query_argument("token", None)
         if token is not None:
             try:
@@ -102,6 +107,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         self._ping_later()
         self.session = Session(uuid.uuid4().hex, self.request.remote_ip or "?", self.gateway.settings, time.time(),
                                self.request.headers.get("Origin"))
+        self.session.system_since = self.get_query_argument("system_since", None)  # checked in prepare()
         self._forget_query()
         if not self.gateway.socket_opened(self.session.address):
             self._fail(ProtocolError("rate_limited", "too many connections from this address",
@@ -207,6 +213,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
             if frame.type == "auth":
                 identity = await self.gateway.access.login(frame.fields["token"], frame.ref)
                 self._cancel_timer()
+                self.session.system_since = frame.get("system_since", self.session.system_since)
                 await self._admit(identity)
             else:
                 await self.gateway.handle(self, frame)

@@ -86,7 +86,7 @@ _LIMIT = (lambda v: type(v) is int and v >= 1, "a whole number from 1")
 
 #: type -> {field: (check, description, required)}
 _SCHEMA: dict[str, dict[str, tuple[Callable[[Any], bool], str, bool]]] = {
-    "auth": {"token": (*_TOKEN, True)},
+    "auth": {"token": (*_TOKEN, True), "system_since": (*_ID, False)},
     "refresh": {"token": (*_TOKEN, True)},
     "subscribe": {"channel": (*_CHANNEL, True), "since": (*_ID, False), "token": (*_TOKEN, False)},
     "unsubscribe": {"channel": (*_CHANNEL, True)},

@@ -202,9 +202,11 @@ async def test_reconnects_and_resubscribes_after_the_server_is_killed(spawn: Cal
     await probe.state("reconnecting")
     await in_thread(own_server.start)  # same port, same environment
     await probe.state("connected")
+    # ``system`` resumed at connect (from ``system_since``, before the reply to the resubscription)
+    resumed = await probe.frame(lambda f: f.get("type") == "subscribed" and f.get("channel") == "system")
+    assert resumed["ref"] is None
     resubscribed = await probe.frame(lambda f: f.get("type") == "subscribed" and f.get("channel") == channel)
     assert resubscribed["ref"] is not None
-    await probe.frame(lambda f: f.get("type") == "subscribed" and f.get("channel") == "system")
     assert attempts and attempts[0][0] == 1
     assert probe.states.count("connected") == 2 and "failed" not in probe.states
 
@@ -386,6 +388,47 @@ async def test_admin_disconnect_4009_does_not_reconnect(server: ServerProcess) -
     assert probe.client.state == "connected"
     await probe.client.close()
     assert ujson.loads(response.body) is not None
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_reconnect_gets_the_system_events_it_missed_in_id_order(server: ServerProcess) -> None:
+    """``system`` resumes from the connection's ``system_since``: an announcement published
+    right after ``welcome`` (here from the ``connected`` callback, before the client sends
+    anything) comes after the one missed while away, and neither is dropped as old."""
+    user, note = new_id("u"), new_id("note").replace("-", "_")
+    publisher = Publisher(server.url, API_KEY)
+    events: asyncio.Queue[Event] = asyncio.Queue()
+    states: asyncio.Queue[str] = asyncio.Queue()
+    published: list[str] = []
+
+    def on_state(state: str) -> None:
+        states.put_nowait(state)
+        if state == "connected" and published:  # the reconnection: announce before anything else happens
+            published.append(publisher.broadcast(f"x.{note}", {"n": 3})["system"])
+
+    def on_event(event: Event) -> None:
+        if event.channel == "system" and event.event == f"x.{note}":
+            events.put_nowait(event)
+
+    client = RealtimeClient(server.ws_url, lambda: user_token(user), on_state=on_state, on_event=on_event)
+
+    async def state(wanted: str) -> None:
+        while await asyncio.wait_for(states.get(), WAIT) != wanted:
+            pass
+
+    await client.connect()
+    published.append((await in_thread(publisher.broadcast, f"x.{note}", {"n": 1}))["system"])
+    assert (await asyncio.wait_for(events.get(), WAIT)).id == published[0]
+    admin = user_token(new_id("admin"), app_metadata={"role": "admin"})
+    response = await AsyncHTTPClient().fetch(f"{server.url}/admin/api/users/{user}/disconnect", method="POST",
+                                             body=b"{}", headers={"Authorization": f"Bearer {admin}"})
+    assert response.code < 300
+    await state("disconnected")
+    published.append((await in_thread(publisher.broadcast, f"x.{note}", {"n": 2}))["system"])  # missed
+    await client.connect()
+    received = [(await asyncio.wait_for(events.get(), WAIT)) for _ in range(2)]
+    assert [(e.id, e.data["n"]) for e in received] == [(published[1], 2), (published[2], 3)]
+    await client.close()
 
 
 @pytest.mark.gen_test(timeout=30)
