@@ -1,7 +1,7 @@
 // Clients of the reconnect storm (bench/reconnect_storm.py): one Node.js process, no npm
 // dependencies, thousands of renum-rt connections that behave like the Python SDK after a
-// drop: reconnect at once, re-ack the last user-channel id, resubscribe `system` with
-// `since`, drop ids already seen. Unlike bench/loadgen.mjs, which reads one marker per
+// drop: reconnect at once, re-ack the last user-channel id, resume `system` from the last
+// id seen (`system_since` in the connect URL), drop ids already seen. Unlike bench/loadgen.mjs, which reads one marker per
 // frame, every frame is parsed: each event's id and sequence number are checked.
 //
 //   node bench/storm_client.mjs --port 8765
@@ -14,9 +14,9 @@
 // Events carry data.k (user channel) or data.j (system): the sequence number the bench
 // published them with. Per client and channel the process keeps the ids seen (the protocol:
 // "drop an event whose id you have already seen"), not just the last one as the Python
-// SDK does: after a reconnect, `system` is live before the `since` replay comes, so older
-// ids follow newer ones there; those are counted (out_of_order: what the SDK would drop).
-// A resubscribe answered with an error (unavailable) is sent again after up to 0.5 s.
+// SDK does, and counts ids that come after a newer one (out_of_order: what the SDK would
+// drop; none since `system_since`, where a resubscribe after the connect let them happen).
+// A `system` resubscribe answered with an error (unavailable) is sent again after up to 0.5 s.
 // An id seen on an earlier connection is a re-delivery (allowed: not acked yet); a user-
 // channel id twice on one connection a duplicate. Times: CLOCK_MONOTONIC µs, the bench's clock.
 // A lost connection is retried on the contract's schedule (renum_rt/client/backoff.py): attempt
@@ -107,7 +107,7 @@ class Client {
     sock.setNoDelay(true);
     sock.on("connect", () =>
       sock.write(
-        `GET ${this.path} HTTP/1.1\r\nHost: ${HOST}:${PORT}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+        `GET ${this.resumePath()} HTTP/1.1\r\nHost: ${HOST}:${PORT}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
           `Sec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: renum.v1\r\n\r\n`,
       ),
     );
@@ -179,6 +179,12 @@ class Client {
     this.rest = off < buf.length ? Buffer.from(buf.subarray(off)) : null;
   }
 
+  // As the SDK: after a drop, where `system` resumes goes in the connect URL, and the server
+  // replays it before `system` goes live (docs/protocol.md, system_since).
+  resumePath() {
+    return this.lastSystemId === null ? this.path : `${this.path}&system_since=${this.lastSystemId}`;
+  }
+
   send(obj) {
     this.sock.write(frame(0x01, JSON.stringify(obj)));
   }
@@ -196,12 +202,12 @@ class Client {
         this.send({ type: "ack", channel: this.user, id: this.acked });
       }
       if (this.lastSystemId !== null) {
-        this.since = this.lastSystemId;
-        this.send({ type: "subscribe", channel: "system", since: this.since, ref: "sys" });
+        this.since = this.lastSystemId; // the connect URL carried it: a `subscribed` for system follows
+        c.systemLeft = -1;
       } else c.systemLeft = 0;
       this.timer = setInterval(() => this.ack(), ACK_EVERY_MS + Math.random() * 200);
       this.checkLive();
-    } else if (f.type === "subscribed" && f.ref === "sys") {
+    } else if (f.type === "subscribed" && f.channel === "system") {
       c.systemLeft = f.replayed || 0;
       this.checkLive();
     } else if (f.type === "event") {
