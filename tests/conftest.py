@@ -20,7 +20,7 @@ from renum_rt.auth import issue_token
 from renum_rt.config import Settings
 from renum_rt.httpserver import HTTPServer, http_server_options
 from tests.support.redis_server import RedisServer
-from tests.support.redis_topologies import RedisClusterServers, RedisSentinelServers
+from tests.support.redis_topologies import RedisClusterServers, RedisSentinelServers, running
 
 SECRET = "test-secret-" + "x" * 32
 API_KEY = "test-api-key"
@@ -41,7 +41,7 @@ def redis_server() -> Iterator[RedisServer]:
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[RedisClusterServers]:
     """A 3-primary Redis Cluster for the session (``.url`` is ``redis+cluster://...``)."""
-    with RedisClusterServers.running() as cluster:
+    with running(RedisClusterServers()) as cluster:
         yield cluster
 
 
@@ -49,7 +49,7 @@ def redis_cluster() -> Iterator[RedisClusterServers]:
 def redis_sentinel() -> Iterator[RedisSentinelServers]:
     """A primary, a replica and three Sentinels for the session (``.url`` is
     ``redis+sentinel://.../renum``). Tests that fail it over use their own."""
-    with RedisSentinelServers.running() as servers:
+    with running(RedisSentinelServers()) as servers:
         yield servers
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from renum_rt.engines.base import Engine, EngineUnavailable
 from renum_rt.ids import parse_id
-from tests.support.redis_topologies import RedisClusterServers
+from tests.support.redis_topologies import RedisClusterServers, running
 
 from .conftest import Feed, OpenEngine
 
@@ -28,7 +28,7 @@ TS = 1_700_000_000_000
 
 @pytest.fixture
 def own_cluster() -> Iterator[RedisClusterServers]:
-    with RedisClusterServers.running() as cluster:
+    with running(RedisClusterServers()) as cluster:
         yield cluster
 
 

@@ -34,7 +34,7 @@ from tests.integration.test_redis_crash import (
     new_id,
     token,
 )
-from tests.support.redis_topologies import RedisClusterServers, RedisSentinelServers
+from tests.support.redis_topologies import RedisClusterServers, RedisSentinelServers, running
 from tests.support.server_process import ServerProcess
 from tests.support.wsclient import connect
 
@@ -70,7 +70,7 @@ def spread(cluster: RedisClusterServers, kind: str, per_shard: int) -> list[str]
 async def test_two_gateways_on_a_cluster_lose_nothing_when_a_shard_primary_is_killed(
     nodes: list[ServerProcess],
 ) -> None:
-    with RedisClusterServers.running() as cluster:
+    with running(RedisClusterServers()) as cluster:
         a, b = (ServerProcess(env(cluster.url)).start() for _ in range(2))
         nodes += [a, b]
         teams, users = spread(cluster, "team", 3), spread(cluster, "user", 3)
@@ -117,7 +117,7 @@ async def test_two_gateways_on_a_cluster_lose_nothing_when_a_shard_primary_is_ki
 
 @pytest.mark.gen_test(timeout=90)
 async def test_a_sentinel_failover_under_load_loses_no_accepted_event(nodes: list[ServerProcess]) -> None:
-    with RedisSentinelServers.running() as servers:
+    with running(RedisSentinelServers()) as servers:
         node = ServerProcess(env(servers.url, RENUM_RT_REDIS_WAIT_REPLICAS="1")).start()
         nodes.append(node)
         team = f"team:{uuid.uuid4().hex[:8]}"

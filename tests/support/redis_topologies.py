@@ -16,6 +16,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import redis
 
@@ -36,6 +37,19 @@ def _poll(check: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} not ready after {timeout} s")
         time.sleep(0.05)
+
+
+Servers = TypeVar("Servers", "RedisClusterServers", "RedisSentinelServers")
+
+
+@contextlib.contextmanager
+def running(servers: Servers) -> Iterator[Servers]:
+    """``servers`` started, and cleaned up on exit whatever happens."""
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.cleanup()
 
 
 def _cluster_port() -> int:
@@ -107,17 +121,6 @@ class RedisClusterServers:
         for node in self.nodes:
             node.cleanup()
 
-    @classmethod
-    @contextlib.contextmanager
-    def running(cls) -> Iterator[RedisClusterServers]:
-        """A started cluster, cleaned up on exit."""
-        cluster = cls()
-        try:
-            cluster.start()
-            yield cluster
-        finally:
-            cluster.cleanup()
-
 
 class RedisSentinelServers:
     """A primary, one replica, and three Sentinels watching them as ``PRIMARY_NAME``
@@ -169,14 +172,3 @@ class RedisSentinelServers:
     def cleanup(self) -> None:
         for server in [*self.sentinels, self.replica, self.primary]:
             server.cleanup()
-
-    @classmethod
-    @contextlib.contextmanager
-    def running(cls) -> Iterator[RedisSentinelServers]:
-        """Started servers, cleaned up on exit."""
-        servers = cls()
-        try:
-            servers.start()
-            yield servers
-        finally:
-            servers.cleanup()
