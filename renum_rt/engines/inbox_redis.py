@@ -286,6 +286,18 @@ _ONE_USER_LUA = _USER_LUA + r"""
 local u, seen_key = user(1)
 local seen = newer_seen(seen_key)
 if seen then return {0, seen} end
+
+-- the answer of a change to ``changed`` ids: a new version and the TTL renewed when any
+-- changed, then the state, then the ids
+local function changed_ids(changed, ttl)
+  if #changed > 0 then
+    redis.call('INCR', u.v)
+    touch(u, ttl)
+  end
+  local out = state(u, {})
+  for _, id in ipairs(changed) do out[#out + 1] = id end
+  return out
+end
 """
 
 # ARGV 4..: wanted statuses (space separated), below score ('' = none), limit.
@@ -347,13 +359,7 @@ for i = 7, #ARGV do
     end
   end
 end
-if #changed > 0 then
-  redis.call('INCR', u.v)
-  touch(u, ARGV[5])
-end
-local out = state(u, {})
-for _, id in ipairs(changed) do out[#out + 1] = id end
-return out
+return changed_ids(changed, ARGV[5])
 """
 
 # ARGV 4..: upto score, ttl_s, the feed's global ids up to it. Answers the state, then
@@ -373,13 +379,7 @@ for i = 6, #ARGV do
   if score_of(ARGV[i]) > gb and not redis.call('HGET', u.g, ARGV[i]) then changed[#changed + 1] = ARGV[i] end
 end
 if tonumber(upto) > gb then redis.call('SET', u.gb, upto) end
-if #changed > 0 then
-  redis.call('INCR', u.v)
-  touch(u, ARGV[5])
-end
-local out = state(u, {})
-for _, id in ipairs(changed) do out[#out + 1] = id end
-return out
+return changed_ids(changed, ARGV[5])
 """
 
 #: users per script call on one Redis (a cluster's calls have the users of one slot), and
