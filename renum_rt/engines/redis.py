@@ -218,10 +218,6 @@ class RedisEngine(Engine):
         if self._shards is not None:
             self._shards.unlisten(channel)
 
-    def listening(self) -> list[str]:
-        """The channels this node receives (all, with one primary: an empty list)."""
-        return self._shards.channels() if self._shards is not None else []
-
     @contextlib.asynccontextmanager
     async def _slot(self) -> AsyncIterator[None]:
         """Hold one of the ``pool_size`` command slots of a cluster (TimeoutError after

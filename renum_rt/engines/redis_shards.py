@@ -154,9 +154,9 @@ class ShardedFeed:
     def channel_of(self, shard_channel: bytes) -> str:
         return shard_channel.decode()[len(self._prefix) + 1:-1]
 
-    def channels(self, link: _Link | None = None) -> list[str]:
-        """The channels wanted (on ``link``)."""
-        return [c for c, home in self._home.items() if home is link] if link else list(self._ready)
+    def channels(self, link: _Link) -> list[str]:
+        """The channels placed on ``link``."""
+        return [c for c, home in self._home.items() if home is link]
 
     async def listen(self, channel: str) -> None:
         """Return once ``channel`` is subscribed on its shard; ``EngineUnavailable`` if that
