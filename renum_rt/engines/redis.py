@@ -237,21 +237,19 @@ class RedisEngine(Engine):
         ``EngineUnavailable``. An idempotent command whose connection failed is tried once
         more after a short pause (a connection Redis closed, a restart in progress): a
         burst should not fail for one bad connection. Refusals are not retried."""
-        failures = 0
+        retried = False
         while True:
             try:
                 async with self._slot():
                     return await call()
-            except _UNREACHABLE as exc:
-                failures += 1
-                if not idempotent or failures > 1:
-                    self.failures += 1
-                    raise _unavailable(command, exc) from exc
-            except ResponseError as exc:
-                if not _refuses_writes(exc):
-                    raise
-                self.failures += 1
-                raise _unavailable(command, exc) from exc
+            except Exception as exc:
+                if idempotent and not retried and isinstance(exc, _UNREACHABLE):
+                    retried = True
+                else:
+                    unavailable = self._as_unavailable(command, exc)
+                    if unavailable is None:
+                        raise
+                    raise unavailable from exc
             await asyncio.sleep(_RETRY_PAUSE_S)
 
     async def ping(self) -> bool:
@@ -336,7 +334,7 @@ class RedisEngine(Engine):
                     await self._redis.script_load(redis_lua.PUBLISH)
             await asyncio.sleep(_RETRY_PAUSE_S)
             todo = again
-        return [self._failed("publish", r) if isinstance(r, BaseException) else r for r in results]
+        return [self._as_unavailable("publish", r) or r if isinstance(r, Exception) else r for r in results]
 
     async def _pipeline(self, calls: list[Call], head: list[str | int]) -> list[Any]:
         """The publish script once per call in one pipeline (each reply or error), followed
@@ -359,13 +357,13 @@ class RedisEngine(Engine):
                 return [_unavailable("wait", why) if not isinstance(r, Exception) else r for r in replies]
         return list(replies)
 
-    def _failed(self, command: str, exc: BaseException) -> Exception:
-        if isinstance(exc, EngineUnavailable):
-            return exc
+    def _as_unavailable(self, command: str, exc: Exception) -> EngineUnavailable | None:
+        """The logged ``EngineUnavailable`` for an error that means "unreachable" or
+        "refusing writes", counted in ``failures``; None for any other error."""
         if isinstance(exc, _UNREACHABLE) or (isinstance(exc, ResponseError) and _refuses_writes(exc)):
             self.failures += 1
             return _unavailable(command, exc)
-        return exc if isinstance(exc, Exception) else RuntimeError(str(exc))
+        return None
 
     async def history(self, channel: str, since: str | None, limit: int) -> Replay:
         after = format_id(parse_id(since)) if since is not None else ""
